@@ -1,0 +1,46 @@
+"""The chain: ISMRMRD items in, ISMRMRD images (and passed-through items) out.
+
+    acquisitions -> noise_adjust -> coil_compression -> frame_buffer -> reconstruct_frames -> make_image
+
+The same function runs inside Gadgetron (``gadgets.entry.reconstruct``), behind
+``rtcine serve`` and in ``rtcine replay``.
+"""
+from __future__ import annotations
+
+import logging
+
+from recon_core.mrd import protocol_from_header
+
+from .compression import coil_compression
+from .frames import Frame, frame_buffer
+from .images import make_image
+from .noise import noise_adjust
+from .recon import reconstruct_frames
+from .stats import ChainStats
+
+log = logging.getLogger("rtcine.chain")
+
+DEFAULT_SPOKES_PER_FRAME = 13
+
+
+def run_chain(items, header, cfg, stats: ChainStats | None = None):
+    """Yield output items for the input ``items``; counters go to ``stats``."""
+    stats = stats if stats is not None else ChainStats()
+    protocol = protocol_from_header(header)
+    spf = cfg.spokes_per_frame or protocol.spokes_per_frame or DEFAULT_SPOKES_PER_FRAME
+    protocol.spokes_per_frame = spf
+    stride = cfg.frame_stride or spf
+    ordering = cfg.ordering or protocol.ordering
+    log.info("chain: recon=%s, %d spokes per frame, stride %d, matrix %d, %d coils%s, device %s",
+             cfg.recon, spf, stride, protocol.matrix, protocol.coils,
+             f" -> {cfg.virtual_coils} virtual" if cfg.virtual_coils else "", cfg.device)
+    stream = noise_adjust(items, header, stats, enabled=cfg.prewhiten)
+    stream = coil_compression(stream, cfg.virtual_coils, cfg.compression_spokes)
+    stream = frame_buffer(stream, protocol, ordering, spf, stride, stats, cfg.min_partial_fraction)
+    for out in reconstruct_frames(stream, cfg, protocol, stats):
+        if isinstance(out, tuple) and isinstance(out[0], Frame):
+            frame, image, info = out
+            stats.images += 1
+            yield make_image(frame, image, protocol, info)
+        else:
+            yield out

@@ -1,0 +1,115 @@
+"""Coil maps for the stream: ESPIRiT in the background, a fast fallback meanwhile.
+
+The calibration pool holds the spokes of the latest ``calibration_frames`` frames. When
+it first fills (and every ``refresh`` frames after, if asked), ESPIRiT runs on a worker
+thread; the new maps are swapped in between frames, never computed on the frame path.
+Until the first ESPIRiT maps exist, frames use low-resolution maps from the spokes
+pooled so far (a few ms), unless ``wait`` holds them back (reproducible offline runs).
+"""
+from __future__ import annotations
+
+import logging
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from recon_core.coils import calibration_images, espirit_maps, lowres_maps
+
+log = logging.getLogger("rtcine.coilmaps")
+
+
+class CoilMapService:
+    def __init__(self, shape, method: str = "espirit", calibration_frames: int = 10, refresh: int = 0,
+                 device: str = "cpu"):
+        self.shape = tuple(shape)
+        self.method = method
+        self.calibration_frames = calibration_frames
+        self.refresh = refresh
+        self.device = torch.device(device)
+        self.pool: deque = deque(maxlen=calibration_frames)
+        self.frames_seen = 0
+        self.maps: torch.Tensor | None = None
+        self.source = "none"
+        self._fallback: torch.Tensor | None = None
+        self._fallback_frames = -1
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="espirit")
+        self._future: Future | None = None
+        self.updates = 0
+
+    # -- pool -------------------------------------------------------------------------
+    def add(self, frame) -> None:
+        """Add a frame's spokes ``kspace (C, S, R)``, ``coords (S, R, 2)`` to the pool."""
+        if self.pool and self.pool[-1][0].shape[0] != frame.kspace.shape[0]:
+            raise ValueError(f"frame {frame.index} has {frame.kspace.shape[0]} coils, "
+                             f"earlier frames had {self.pool[-1][0].shape[0]}")
+        self.pool.append((frame.kspace, frame.coords))
+        self.frames_seen += 1
+        full = len(self.pool) == self.calibration_frames
+        due = self.frames_seen == self.calibration_frames or (
+            self.refresh and self.frames_seen > self.calibration_frames
+            and (self.frames_seen - self.calibration_frames) % self.refresh == 0)
+        if full and due:
+            self.start_update()
+
+    def _pooled(self):
+        data = np.concatenate([k.transpose(1, 0, 2) for k, _ in self.pool])    # (S_total, C, R)
+        coords = np.concatenate([c for _, c in self.pool])                      # (S_total, R, 2)
+        return data, coords
+
+    def _compute(self, data, coords, method):
+        images = calibration_images(data, coords, self.shape)
+        maps = espirit_maps(images) if method == "espirit" else lowres_maps(images)
+        return torch.from_numpy(maps).to(self.device)
+
+    def start_update(self) -> None:
+        """Start computing maps from the current pool (in the background for ESPIRiT)."""
+        if self._future is not None and not self._future.done():
+            log.info("coil map update still running; skipping this refresh")
+            return
+        data, coords = self._pooled()
+        if self.method == "lowres":
+            self._install(self._compute(data, coords, "lowres"), "lowres")
+            return
+        log.info("ESPIRiT calibration from %d spokes started in the background", data.shape[0])
+        self._future = self._executor.submit(self._compute, data, coords, "espirit")
+
+    def _install(self, maps, source):
+        self.maps, self.source = maps, source
+        self.updates += 1
+
+    def _collect(self, block: bool = False) -> None:
+        if self._future is not None and (block or self._future.done()):
+            future, self._future = self._future, None
+            self._install(future.result(), "espirit")
+            log.info("ESPIRiT maps installed (update %d)", self.updates)
+
+    # -- maps for a frame ----------------------------------------------------------------
+    @property
+    def pending(self) -> bool:
+        return self._future is not None
+
+    def ready(self) -> bool:
+        self._collect()
+        return self.maps is not None and (self.method != "espirit" or self.source == "espirit")
+
+    def finish(self) -> None:
+        """Block until maps from the pool exist (end of stream: calibrate on what arrived)."""
+        if self._future is None and not self.ready() and self.pool:
+            self.start_update()
+        self._collect(block=True)
+
+    def current(self):
+        """Maps ``(C, Y, X)`` for the next frame and their source (espirit, lowres, fallback)."""
+        self._collect()
+        if self.maps is not None:
+            return self.maps, self.source
+        if self._fallback_frames != self.frames_seen:
+            data, coords = self._pooled()
+            self._fallback = self._compute(data, coords, "lowres")
+            self._fallback_frames = self.frames_seen
+        return self._fallback, "fallback"
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,72 @@
+"""Input side of a chain: a reader thread that stamps each item's arrival time.
+
+The latency of a frame is measured from the moment its last spoke *arrived* (was
+received from the scanner or, in a paced replay, was due), not from the moment the
+chain got round to it. So items are read on a thread of their own, stamped with
+``time.perf_counter()`` in ``item._rtcine_arrival``, and queued for the chain.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+
+ARRIVAL = "_rtcine_arrival"
+_END = object()
+
+
+def arrival_time(item, clock=time.perf_counter) -> float:
+    return getattr(item, ARRIVAL, None) or clock()
+
+
+def paced(acquisitions, tick_seconds: float, speed: float = 1.0):
+    """Yield acquisitions at the pace of their ``acquisition_time_stamp`` (ticks of
+    ``tick_seconds``), as a scanner would send them; ``speed`` > 1 replays faster."""
+    start = None
+    t0 = None
+    for acq in acquisitions:
+        stamp = getattr(acq, "acquisition_time_stamp", None)
+        if stamp is not None:
+            if start is None:
+                start, t0 = time.perf_counter(), stamp
+            due = start + (stamp - t0) * tick_seconds / speed
+            delay = due - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+        yield acq
+
+
+class ThreadedSource:
+    """Iterate ``source`` on a thread, stamping arrival; iterate this object to consume.
+
+    ``maxsize`` bounds the queue (0: unbounded). An exception raised by the source is
+    re-raised in the consumer after the items that came before it.
+    """
+
+    def __init__(self, source, maxsize: int = 0):
+        self._queue: queue.Queue = queue.Queue(maxsize)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(source,), daemon=True, name="rtcine-reader")
+        self._thread.start()
+
+    def _run(self, source):
+        try:
+            for item in source:
+                try:
+                    setattr(item, ARRIVAL, time.perf_counter())
+                except AttributeError:
+                    pass
+                self._queue.put(item)
+        except BaseException as exc:  # forwarded to the consumer
+            self._error = exc
+        finally:
+            self._queue.put(_END)
+
+    def __iter__(self):
+        while True:
+            item = self._queue.get()
+            if item is _END:
+                if self._error is not None:
+                    raise self._error
+                return
+            yield item

@@ -1,0 +1,138 @@
+"""Coil processing: noise prewhitening, PCA coil compression and coil sensitivity maps.
+
+Array layouts follow ISMRMRD: one acquisition's data is ``(coils, samples)``.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from .nufft import nufft_adjoint
+from .trajectory import density_compensation
+
+log = logging.getLogger(__name__)
+
+#: Gadgetron's default relative receiver noise bandwidth when the header gives none.
+DEFAULT_RECEIVER_NOISE_BANDWIDTH = 0.793
+
+
+class NoiseCovariance:
+    """Accumulates ``Psi = D^H D / (n - 1)`` from noise acquisitions ``D (samples, coils)``,
+    the way Gadgetron's NoiseAdjustGadget does (n counts samples, not samples x coils)."""
+
+    def __init__(self):
+        self.sum: np.ndarray | None = None
+        self.samples = 0
+        self.dwell_time_us = 0.0
+
+    def add(self, data: np.ndarray, dwell_time_us: float) -> None:
+        """Add one noise acquisition ``data (coils, samples)``."""
+        d = np.asarray(data, dtype=np.complex128)
+        if self.sum is None:
+            self.sum = np.zeros((d.shape[0], d.shape[0]), np.complex128)
+            self.dwell_time_us = float(dwell_time_us)
+        if d.shape[0] != self.sum.shape[0]:
+            raise ValueError(f"noise acquisition has {d.shape[0]} coils, earlier ones had {self.sum.shape[0]}")
+        self.sum += np.conj(d) @ d.T
+        self.samples += d.shape[1]
+
+    @property
+    def matrix(self) -> np.ndarray:
+        if self.sum is None:
+            raise ValueError("no noise acquisitions were received")
+        return self.sum / max(self.samples - 1, 1)
+
+
+def prewhitening_matrix(covariance: np.ndarray, acq_dwell_us: float, noise_dwell_us: float,
+                        receiver_bandwidth: float = DEFAULT_RECEIVER_NOISE_BANDWIDTH) -> np.ndarray:
+    """Matrix ``W (coils, coils)`` with ``data_white = W @ data`` for data ``(coils, samples)``.
+
+    As Gadgetron: ``Psi = U^H U`` (Cholesky, U upper); samples ``D (samples, coils)`` become
+    ``D U^{-1}``, scaled by ``sqrt(2 * acq_dwell / noise_dwell * receiver_bandwidth)``
+    (1 if either dwell time is 0). Returned transposed to act on ``(coils, samples)``.
+    """
+    psi = np.asarray(covariance, dtype=np.complex128)
+    if not np.all(np.isfinite(psi)) or np.trace(psi).real <= 0:
+        raise ValueError("noise covariance is empty or not finite; cannot prewhiten")
+    lower = np.linalg.cholesky(psi)          # psi = L L^H, so U = L^H
+    u_inv = np.linalg.inv(lower.conj().T)
+    scale = 1.0
+    if acq_dwell_us > 0 and noise_dwell_us > 0:
+        scale = np.sqrt(2.0 * acq_dwell_us / noise_dwell_us * receiver_bandwidth)
+    return (u_inv * scale).T.astype(np.complex64)
+
+
+def pca_compression_matrix(samples: np.ndarray, virtual_coils: int) -> np.ndarray:
+    """Matrix ``V (virtual, coils)`` of the leading principal components of ``samples (coils, n)``.
+
+    ``compressed = V @ data``. Components are ordered by decreasing energy.
+    """
+    d = np.asarray(samples, dtype=np.complex128)
+    if virtual_coils > d.shape[0]:
+        raise ValueError(f"cannot compress {d.shape[0]} coils to {virtual_coils}")
+    u, _, _ = np.linalg.svd(d @ d.conj().T)
+    return u[:, :virtual_coils].conj().T.astype(np.complex64)
+
+
+def calibration_images(data: np.ndarray, coords: np.ndarray, shape, backend: str = "finufft") -> np.ndarray:
+    """Density-compensated coil images ``(C, Y, X)`` from many spokes ``data (S, C, R)``,
+    ``coords (S, R, 2)`` (e.g. all spokes of a calibration window, pooled over time)."""
+    w = density_compensation(coords)                                       # (S, R)
+    y = torch.from_numpy(np.ascontiguousarray(np.transpose(data, (1, 0, 2)) * w[None]))
+    y = y.reshape(1, data.shape[1], -1).to(torch.complex64)
+    k = torch.from_numpy(np.ascontiguousarray(coords.reshape(1, -1, 2)))
+    return nufft_adjoint(y, k, shape, backend)[0].numpy()
+
+
+def _centred_fft(x: np.ndarray) -> np.ndarray:
+    return np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(x, axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
+
+
+def _centred_ifft(x: np.ndarray) -> np.ndarray:
+    return np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(x, axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
+
+
+def lowres_maps(coil_images: np.ndarray, calib: int = 24, eps: float = 1e-3) -> np.ndarray:
+    """Fast maps: coil images low-passed to the central ``calib`` k-space lines (Hann window),
+    divided by their root sum of squares. ``(C, Y, X)`` -> ``(C, Y, X)``, sum_c |S|^2 = 1
+    where there is signal, tapering to 0 in the background."""
+    ksp = _centred_fft(coil_images)
+    ny, nx = ksp.shape[-2:]
+    wy = np.hanning(calib + 2)[1:-1]
+    win = np.zeros((ny, nx))
+    cy, cx = ny // 2 - calib // 2, nx // 2 - calib // 2
+    win[cy:cy + calib, cx:cx + calib] = wy[:, None] * wy[None, :]
+    low = _centred_ifft(ksp * win)
+    rss = np.sqrt((np.abs(low) ** 2).sum(0))
+    floor = eps * rss.max()
+    return (low / np.maximum(rss, floor)).astype(np.complex64)
+
+
+def espirit_maps(coil_images: np.ndarray, calib: int = 24, kernel: int = 6, threshold: float = 0.02,
+                 crop: float = 0.95) -> np.ndarray:
+    """ESPIRiT maps ``(C, Y, X)`` by ``sigpy.mri.app.EspiritCalib`` from gridded coil images.
+
+    The Cartesian calibration k-space is the centred FFT of the pooled coil images; only
+    its central ``calib x calib`` block is used by ESPIRiT.
+    """
+    from sigpy.mri.app import EspiritCalib
+
+    ksp = _centred_fft(coil_images).astype(np.complex64)
+    maps = EspiritCalib(ksp, calib_width=calib, thresh=threshold, kernel_width=kernel, crop=crop,
+                        show_pbar=False).run()
+    return np.asarray(maps, dtype=np.complex64)
+
+
+def estimate_maps(data: np.ndarray, coords: np.ndarray, shape, method: str = "espirit",
+                  calib: int = 24) -> np.ndarray:
+    """Coil maps ``(C, Y, X)`` from spokes ``data (S, C, R)`` at ``coords (S, R, 2)``.
+
+    ``method``: ``espirit`` (sigpy ESPIRiT) or ``lowres`` (fast fallback)."""
+    images = calibration_images(data, coords, shape)
+    if method == "espirit":
+        return espirit_maps(images, calib=calib)
+    if method == "lowres":
+        return lowres_maps(images, calib=calib)
+    raise ValueError(f"unknown coil map method {method!r}; expected 'espirit' or 'lowres'")

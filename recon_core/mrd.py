@@ -1,0 +1,208 @@
+"""ISMRMRD helpers: the radial protocol read from (and written to) a header, acquisition
+trajectories, and image headers.
+
+The protocol a header describes is collected in :class:`RadialProtocol`. Our own
+simulated files carry the ordering in ``encoding.trajectoryDescription``; real files from
+other sources may not, and then the ordering comes from the recon configuration or
+``acq.traj``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import ismrmrd
+import ismrmrd.xsd as xsd
+import numpy as np
+
+from .trajectory import ORDERINGS, radial_coordinates, spoke_angles
+
+TRAJECTORY_ID = "rtcine-radial"
+#: ISMRMRD time stamps count ticks of 2.5 ms (the Siemens convention Gadgetron assumes).
+TICK_SECONDS = 2.5e-3
+
+
+class HeaderError(ValueError):
+    """The ISMRMRD header cannot describe a radial cine stream; the message says why."""
+
+
+@dataclass
+class RadialProtocol:
+    """What the chain needs to know about a radial cine acquisition.
+
+    matrix: reconstruction matrix N (images are N x N); samples: readout samples R per
+    spoke (2N with 2x oversampling); coils: receiver channels; spokes_per_frame;
+    ordering: one of ``golden``, ``tiny-golden``, ``linear`` (None if the header does not
+    say); tr_ms: repetition time (one spoke per TR); fov_mm: reconstructed field of view.
+    """
+    matrix: int
+    samples: int
+    coils: int
+    spokes_per_frame: int
+    ordering: str | None
+    tr_ms: float
+    fov_mm: float
+    linear_interleaves: int = 4
+    frames: int = 0
+
+    @property
+    def frame_rate_hz(self) -> float:
+        """Acquisition frame rate of non-overlapping frames."""
+        return 1000.0 / (self.tr_ms * self.spokes_per_frame)
+
+
+def _params(items) -> dict:
+    return {p.name: p.value for p in (items or [])}
+
+
+def protocol_from_header(header: xsd.ismrmrdHeader) -> RadialProtocol:
+    """Read the radial protocol from a parsed header; raise :class:`HeaderError` naming
+    the first thing that is missing or inconsistent."""
+    if header is None or not getattr(header, "encoding", None):
+        raise HeaderError("ISMRMRD header has no <encoding> section")
+    enc = header.encoding[0]
+    traj = getattr(enc.trajectory, "value", enc.trajectory)
+    if traj not in ("radial", "goldenangle"):
+        raise HeaderError(f"trajectory is {traj!r}; this reconstruction needs 'radial'")
+    recon = enc.reconSpace.matrixSize
+    if not recon.x or not recon.y or recon.x <= 0 or recon.y <= 0:
+        raise HeaderError(f"reconstruction matrix size is {recon.x}x{recon.y}; it must be positive")
+    if recon.x != recon.y:
+        raise HeaderError(f"reconstruction matrix {recon.x}x{recon.y} is not square")
+    asi = header.acquisitionSystemInformation
+    coils = getattr(asi, "receiverChannels", None) if asi is not None else None
+    if not coils:
+        raise HeaderError("acquisitionSystemInformation/receiverChannels is missing")
+    samples = int(enc.encodedSpace.matrixSize.x)
+    if samples <= 0:
+        raise HeaderError(f"encoded matrix x (readout samples) is {samples}; it must be positive")
+    desc = enc.trajectoryDescription
+    longs = _params(desc.userParameterLong) if desc is not None else {}
+    strings = _params(desc.userParameterString) if desc is not None else {}
+    ordering = strings.get("ordering")
+    if ordering is not None and ordering not in ORDERINGS:
+        raise HeaderError(f"trajectoryDescription ordering {ordering!r} is not one of {ORDERINGS}")
+    seq = header.sequenceParameters
+    tr = float(seq.TR[0]) if seq is not None and seq.TR else 0.0
+    frames = 0
+    limits = enc.encodingLimits
+    if limits is not None and limits.repetition is not None:
+        frames = int(limits.repetition.maximum) + 1
+    return RadialProtocol(
+        matrix=int(recon.x), samples=samples, coils=int(coils),
+        spokes_per_frame=int(longs.get("spokes_per_frame", 0)),
+        ordering=ordering, tr_ms=tr, fov_mm=float(enc.reconSpace.fieldOfView_mm.x),
+        linear_interleaves=int(longs.get("linear_interleaves", 4)), frames=frames)
+
+
+def make_header(p: RadialProtocol, measurement_id: str = "rtcine_sim_0001",
+                receiver_bandwidth: float = 0.793) -> xsd.ismrmrdHeader:
+    """A complete ISMRMRD header for a simulated radial cine (one slice, frames as repetitions)."""
+    def space(n, fov):
+        return xsd.encodingSpaceType(matrixSize=xsd.matrixSizeType(x=n, y=n, z=1),
+                                     fieldOfView_mm=xsd.fieldOfViewMm(x=fov, y=fov, z=8.0))
+
+    total = max(p.frames, 1) * p.spokes_per_frame
+    limits = xsd.encodingLimitsType(
+        kspace_encoding_step_0=xsd.limitType(minimum=0, maximum=p.samples - 1, center=p.samples // 2),
+        kspace_encoding_step_1=xsd.limitType(minimum=0, maximum=total - 1, center=0),
+        kspace_encoding_step_2=xsd.limitType(minimum=0, maximum=0, center=0),
+        slice=xsd.limitType(minimum=0, maximum=0, center=0),
+        repetition=xsd.limitType(minimum=0, maximum=max(p.frames, 1) - 1, center=0),
+        phase=xsd.limitType(minimum=0, maximum=0, center=0))
+    desc = xsd.trajectoryDescriptionType(
+        identifier=TRAJECTORY_ID,
+        userParameterLong=[xsd.userParameterLongType(name="spokes_per_frame", value=p.spokes_per_frame),
+                           xsd.userParameterLongType(name="linear_interleaves", value=p.linear_interleaves)],
+        userParameterDouble=[],
+        userParameterString=[xsd.userParameterStringType(name="ordering", value=p.ordering)],
+        comment="spoke n has angle theta(n) on [0, pi), n = idx.kspace_encode_step_1 (see recon_core.trajectory)")
+    enc = xsd.encodingType(
+        encodedSpace=space(p.samples, 2 * p.fov_mm), reconSpace=space(p.matrix, p.fov_mm),
+        encodingLimits=limits, trajectory=xsd.trajectoryType.RADIAL, trajectoryDescription=desc)
+    return xsd.ismrmrdHeader(
+        version=1,
+        measurementInformation=xsd.measurementInformationType(
+            measurementID=measurement_id, patientPosition=xsd.patientPositionType.HFS,
+            protocolName="rtcine_radial_bssfp", measurementDependency=[]),
+        acquisitionSystemInformation=xsd.acquisitionSystemInformationType(
+            systemVendor="rtcine simulator", systemFieldStrength_T=1.5,
+            relativeReceiverNoiseBandwidth=receiver_bandwidth, receiverChannels=p.coils,
+            coilLabel=[xsd.coilLabelType(coilNumber=c, coilName=f"coil{c:02d}") for c in range(p.coils)]),
+        experimentalConditions=xsd.experimentalConditionsType(H1resonanceFrequency_Hz=63_870_000),
+        encoding=[enc],
+        sequenceParameters=xsd.sequenceParametersType(
+            TR=[p.tr_ms], TE=[p.tr_ms / 2], TI=[], flipAngle_deg=[50.0], sequence_type="TrueFISP",
+            echo_spacing=[], diffusion=[]))
+
+
+def header_to_xml(header: xsd.ismrmrdHeader) -> str:
+    return xsd.ToXML(header)
+
+
+def is_noise(acq: ismrmrd.Acquisition) -> bool:
+    return acq.is_flag_set(ismrmrd.ACQ_IS_NOISE_MEASUREMENT)
+
+
+def acquisition_coordinates(acq: ismrmrd.Acquisition, protocol: RadialProtocol,
+                            ordering: str | None) -> np.ndarray:
+    """k-space coordinates ``(R, 2)`` of one spoke: ``acq.traj`` when present, else from the
+    ordering and the profile counter ``idx.kspace_encode_step_1``."""
+    if acq.trajectory_dimensions >= 2 and acq.traj.shape[0] == acq.number_of_samples:
+        return np.ascontiguousarray(acq.traj[:, :2], dtype=np.float32)
+    if ordering is None:
+        raise HeaderError("acquisition has no trajectory and neither the header nor the configuration "
+                          "names the radial ordering (set 'ordering' to golden, tiny-golden or linear)")
+    angle = spoke_angles(np.array([acq.idx.kspace_encode_step_1]), ordering,
+                         protocol.spokes_per_frame, protocol.linear_interleaves)
+    return radial_coordinates(angle, acq.number_of_samples)[0]
+
+
+def open_dataset(path: str, group: str = "dataset") -> ismrmrd.Dataset:
+    """Open an existing ISMRMRD HDF5 file read-only, with a clear error if it is not one."""
+    import os
+
+    import h5py
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    with h5py.File(path, "r") as f:
+        if group not in f:
+            raise HeaderError(f"{path}: no ISMRMRD group '{group}' (groups: {list(f.keys())})")
+    return ismrmrd.Dataset(path, group, create_if_needed=False, mode="r")
+
+
+def read_header(dset: ismrmrd.Dataset) -> xsd.ismrmrdHeader:
+    try:
+        return xsd.CreateFromDocument(dset.read_xml_header())
+    except Exception as exc:
+        raise HeaderError(f"the ISMRMRD XML header cannot be parsed: {exc}") from exc
+
+
+def read_acquisitions(dset: ismrmrd.Dataset):
+    """Yield the file's acquisitions in stored (= acquisition) order."""
+    for i in range(dset.number_of_acquisitions()):
+        yield dset.read_acquisition(i)
+
+
+def read_images(path: str, group: str) -> list:
+    """All images of an image group (``/dataset/<group>``) of an ISMRMRD file."""
+    dset = open_dataset(path)
+    try:
+        if group not in dset.list():
+            raise HeaderError(f"{path}: no image group '{group}' (groups: {dset.list()})")
+        return [dset.read_image(group, i) for i in range(dset.number_of_images(group))]
+    finally:
+        dset.close()
+
+
+def write_images(path: str, group: str, images) -> int:
+    """Append images to group ``/dataset/<group>`` (created if needed); returns the count."""
+    dset = ismrmrd.Dataset(path, "dataset", create_if_needed=True)
+    n = 0
+    try:
+        for img in images:
+            dset.append_image(group, img)
+            n += 1
+    finally:
+        dset.close()
+    return n

@@ -1,0 +1,240 @@
+"""``rtcine``: real-time radial cine reconstruction, from the command line.
+
+    rtcine simulate OUT.h5 [--frames --coils --matrix --spokes-per-frame --snr --seed --trajectory --no-traj]
+    rtcine replay IN.h5 [--out OUT.h5] [--recon gridding|cgsense|imunne] [--realtime] [--config C.yaml] [--set k=v]
+    rtcine serve --port P [--host 127.0.0.1]
+    rtcine evaluate RECON.h5 --reference IN.h5 [--json] [--roi]
+    rtcine demo [--out DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+log = logging.getLogger("rtcine")
+
+
+def _recon_config(args):
+    from recon_core.config import ReconConfig
+
+    values = {}
+    if getattr(args, "config", None):
+        values.update(ReconConfig.from_yaml(args.config).__dict__)
+    for item in getattr(args, "set", None) or []:
+        if "=" not in item:
+            raise SystemExit(f"--set {item!r}: expected key=value")
+        key, value = item.split("=", 1)
+        values[key.strip()] = value.strip()
+    for key in ("recon", "device", "model"):
+        if getattr(args, key, None):
+            values[key] = getattr(args, key)
+    return ReconConfig.from_mapping(values)
+
+
+def cmd_simulate(args) -> int:
+    from tqdm import tqdm
+
+    from recon_core.simulate import SimulationConfig, simulate, write_dataset
+
+    cfg = SimulationConfig(frames=args.frames, coils=args.coils, matrix=args.matrix,
+                           spokes_per_frame=args.spokes_per_frame, snr=args.snr, seed=args.seed,
+                           trajectory=args.trajectory, include_traj=not args.no_traj, tr_ms=args.tr)
+    with tqdm(total=cfg.frames, unit="frame", desc="simulate", disable=args.quiet) as bar:
+        scan = simulate(cfg, progress=lambda n: bar.update(n - bar.n))
+    write_dataset(args.out, scan)
+    print(f"wrote {args.out}: {cfg.frames} frames x {cfg.spokes_per_frame} spokes, {cfg.coils} coils, "
+          f"{cfg.matrix}x{cfg.matrix}, {cfg.trajectory} ordering, SNR {cfg.snr:g}, "
+          f"{scan.noise.shape[0]} noise scans, references in /dataset/reference")
+    return 0
+
+
+def cmd_replay(args) -> int:
+    from gadgets.replay import format_summary, replay
+
+    cfg = _recon_config(args)
+    if args.server:
+        from gadgets.client import replay_to_server
+        summary = replay_to_server(args.input, args.server, args.chain, out=args.out, realtime=args.realtime,
+                                   speed=args.speed)
+    else:
+        summary = replay(args.input, cfg, out=args.out, realtime=args.realtime, speed=args.speed,
+                         progress=not args.quiet)
+    summary.pop("images_list", None)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(format_summary(summary))
+    if args.picture and args.out:
+        from rtcine.pictures import cine_montage
+        cine_montage(args.out, args.picture)
+        print(f"picture of the cine: {args.picture}")
+    return 0 if summary["images"] > 0 or summary["frames"] == 0 else 1
+
+
+def cmd_serve(args) -> int:
+    from gadgets.serve import serve
+
+    cfg = _recon_config(args) if (args.config or args.set or args.recon) else None
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("serving on %s: reachable from other machines", args.host)
+    serve(args.port, args.host, cfg, max_connections=args.max_connections)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    import numpy as np
+
+    from gadgets.images import image_frame
+    from recon_core.evaluation import data_consistency, score
+    from recon_core.mrd import read_images
+    from recon_core.simulate import REFERENCE_GROUP
+
+    images = np.stack([image_frame(i) for i in read_images(args.recon_file, args.group)])
+    reference = np.stack([image_frame(i) for i in read_images(args.reference, REFERENCE_GROUP)])
+    if len(images) != len(reference):
+        log.warning("%d images vs %d reference frames: scoring the first %d", len(images), len(reference),
+                    min(len(images), len(reference)))
+    result = score(images, reference, roi=args.roi)
+    if not args.no_dc:
+        from gadgets.frames_from_file import load_frames
+        from recon_core.config import ReconConfig
+
+        _, frames = load_frames(args.reference, ReconConfig())
+        n = min(len(frames), len(images))
+        full = [f for f in frames[:n] if not f.partial]
+        res = data_consistency(images[:len(full)], np.stack([f.kspace for f in full]),
+                               np.stack([f.coords for f in full]))
+        for row, r in zip(result["frames"], res):
+            row["dc_residual"] = float(r)
+        result["mean"]["dc_residual"] = float(np.mean(res))
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        keys = [k for k in ("psnr", "ssim", "nrmse", "dc_residual") if k in result["mean"]]
+        print("frame " + " ".join(f"{k:>11}" for k in keys))
+        for i, row in enumerate(result["frames"]):
+            print(f"{i:5d} " + " ".join(f"{row[k]:11.4f}" for k in keys))
+        print("mean  " + " ".join(f"{result['mean'][k]:11.4f}" for k in keys))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """Simulate a scan, reconstruct it with every available method, score and picture it."""
+    import os
+
+    import numpy as np
+
+    from gadgets.images import image_frame
+    from gadgets.replay import format_summary, replay
+    from recon_core.config import ReconConfig
+    from recon_core.evaluation import score
+    from recon_core.simulate import SimulationConfig, simulate, write_dataset
+    from rtcine.pictures import cine_montage
+
+    os.makedirs(args.out, exist_ok=True)
+    scan_path = os.path.join(args.out, "scan.h5")
+    print(f"simulating a radial cine: {scan_path}")
+    scan = simulate(SimulationConfig(frames=args.frames, seed=args.seed))
+    write_dataset(scan_path, scan)
+    rows = []
+    for recon in args.recons.split(","):
+        out = os.path.join(args.out, f"cine_{recon}.h5")
+        if os.path.exists(out):
+            os.remove(out)
+        cfg = ReconConfig(recon=recon, wait_for_maps=True)
+        summary = replay(scan_path, cfg, out=out, progress=not args.quiet)
+        print(format_summary(summary))
+        images = np.stack([image_frame(i) for i in summary["images_list"]])
+        m = score(images, scan.reference, roi=True)["mean"]
+        rows.append((recon, m["psnr"], m["ssim"], summary["latency_ms"]["p50"]))
+        png = os.path.join(args.out, f"cine_{recon}.png")
+        cine_montage(out, png)
+        print(f"picture: {png}")
+    print(f"\n{'method':10s} {'PSNR dB':>8s} {'SSIM':>6s} {'p50 ms':>7s}   (body ROI, vs the simulated reference)")
+    for name, p, s_, lat in rows:
+        print(f"{name:10s} {p:8.2f} {s_:6.3f} {lat:7.1f}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rtcine", description="Real-time radial cine MRI reconstruction")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress of the chain")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("simulate", help="write a simulated multi-coil radial cine ISMRMRD file")
+    s.add_argument("out")
+    s.add_argument("--frames", type=int, default=40)
+    s.add_argument("--coils", type=int, default=8)
+    s.add_argument("--matrix", type=int, default=128)
+    s.add_argument("--spokes-per-frame", type=int, default=13)
+    s.add_argument("--snr", type=float, default=30.0)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--tr", type=float, default=3.0, help="repetition time in ms (one spoke per TR)")
+    s.add_argument("--trajectory", choices=("golden", "tiny-golden", "linear"), default="golden")
+    s.add_argument("--no-traj", action="store_true", help="omit acq.traj: angles come from header + counters")
+    s.add_argument("-q", "--quiet", action="store_true")
+    s.set_defaults(func=cmd_simulate)
+
+    def recon_options(q):
+        q.add_argument("--recon", choices=("gridding", "cgsense", "imunne"))
+        q.add_argument("--config", help="YAML file of recon configuration keys")
+        q.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one configuration key")
+        q.add_argument("--device", help="cpu or cuda")
+        q.add_argument("--model", help="network model file (default: the shipped model)")
+
+    r = sub.add_parser("replay", help="push a recorded ISMRMRD file through the chain")
+    r.add_argument("input")
+    r.add_argument("--out", help="output ISMRMRD file for the images")
+    recon_options(r)
+    r.add_argument("--realtime", action="store_true", help="pace acquisitions by their time stamps")
+    r.add_argument("--speed", type=float, default=1.0, help="with --realtime: multiple of scanner pace")
+    r.add_argument("--server", help="HOST:PORT of a Gadgetron server to send the file to instead")
+    r.add_argument("--chain", help="with --server: chain XML file to send")
+    r.add_argument("--picture", help="PNG montage of the cine (needs --out)")
+    r.add_argument("--json", action="store_true")
+    r.add_argument("-q", "--quiet", action="store_true")
+    r.set_defaults(func=cmd_replay)
+
+    v = sub.add_parser("serve", help="wait for Gadgetron (or any ISMRMRD client) as an external module")
+    v.add_argument("--port", type=int, default=18000)
+    v.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1 only)")
+    v.add_argument("--max-connections", type=int, default=0, help="stop after N connections (0: never)")
+    recon_options(v)
+    v.set_defaults(func=cmd_serve)
+
+    d = sub.add_parser("demo", help="simulate a scan, reconstruct, score and picture it (no server needed)")
+    d.add_argument("--out", default="demo_output")
+    d.add_argument("--frames", type=int, default=24)
+    d.add_argument("--seed", type=int, default=1000)
+    d.add_argument("--recons", default="gridding,cgsense", help="comma-separated methods")
+    d.add_argument("-q", "--quiet", action="store_true")
+    d.set_defaults(func=cmd_demo)
+
+    e = sub.add_parser("evaluate", help="PSNR/SSIM/NRMSE and data consistency against the stored reference")
+    e.add_argument("recon_file")
+    e.add_argument("--reference", required=True, help="the simulated input file (group /dataset/reference)")
+    e.add_argument("--group", default="images", help="image group of the reconstruction file")
+    e.add_argument("--roi", action="store_true", help="score inside the body mask only")
+    e.add_argument("--no-dc", action="store_true", help="skip the data-consistency residual")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_evaluate)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from recon_core.config import ConfigError
+    from recon_core.mrd import HeaderError
+    try:
+        return args.func(args)
+    except (ConfigError, HeaderError, FileNotFoundError) as exc:
+        print(f"rtcine {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
