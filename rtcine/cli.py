@@ -220,7 +220,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-dc", action="store_true", help="skip the data-consistency residual")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_evaluate)
+    for module in COMMAND_MODULES:
+        import importlib
+        importlib.import_module(module).add_parser(sub)
     return p
+
+
+#: further subcommands, each a module with ``add_parser(subparsers)`` that sets ``func``
+COMMAND_MODULES: list[str] = []
 
 
 def main(argv=None) -> int:
