@@ -11,6 +11,7 @@ import logging
 
 from recon_core.config import ReconConfig
 
+from . import connection as _connection_fix  # noqa: F401  (closed-socket fix, see gadgets/connection.py)
 from .chain import run_chain
 from .stats import ChainStats
 

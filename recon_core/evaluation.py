@@ -42,3 +42,64 @@ def score(images: np.ndarray, reference: np.ndarray, roi: bool = False) -> dict:
     n = min(len(images), len(reference))
     mask = body_mask(reference[:n]) if roi else None
     return frame_metrics(images[:n], reference[:n], mask)
+
+
+def add_kspace_noise(kspace: np.ndarray, level: float, seed: int = 0) -> np.ndarray:
+    """Complex Gaussian noise of standard deviation ``level * rms(kspace)`` added to every
+    sample (the robustness experiment: the same scan, noisier)."""
+    if level <= 0:
+        return kspace
+    rng = np.random.default_rng(seed)
+    sigma = level * np.sqrt(np.mean(np.abs(kspace) ** 2))
+    noise = (rng.normal(size=kspace.shape) + 1j * rng.normal(size=kspace.shape)) * sigma / np.sqrt(2)
+    return (kspace + noise).astype(np.complex64)
+
+
+def classical_methods(cg_iterations: int = 8) -> dict:
+    """name -> fn(kspace, coords, maps) -> images, for the whole scan at once (numpy in/out)."""
+    from .reconstructors import cg_sense, gridding
+
+    def wrap(f):
+        def run(kspace, coords, maps):
+            with torch.no_grad():
+                return f(torch.from_numpy(kspace), torch.from_numpy(coords), torch.from_numpy(maps)).numpy()
+        return run
+
+    return {"gridding": wrap(gridding),
+            "cgsense": wrap(lambda k, c, m: cg_sense(k, c, m, iterations=cg_iterations))}
+
+
+def network_method(model, cg_start_iterations: int = 3, **kwargs):
+    """fn(kspace, coords, maps) -> images for a trained network, all frames as one window."""
+    from .networks.problem import make_problem
+
+    def run(kspace, coords, maps):
+        model.eval()
+        with torch.no_grad():
+            problem = make_problem(torch.from_numpy(kspace), torch.from_numpy(coords), torch.from_numpy(maps),
+                                   cg_iterations=cg_start_iterations)
+            x, info = model(problem, **kwargs)
+        run.last_info = info
+        return (x * problem.scale).numpy()
+    run.last_info = {}
+    return run
+
+
+def compare(scans: list, methods: dict, noise: float = 0.0, roi: bool = False, progress=None) -> dict:
+    """Reconstruct every scan (dicts with kspace, coords, maps, reference) with every
+    method; mean PSNR/SSIM/NRMSE and seconds per frame per method."""
+    import time
+
+    rows = {name: [] for name in methods}
+    for i, scan in enumerate(scans):
+        kspace = add_kspace_noise(scan["kspace"], noise, seed=i)
+        for name, run in methods.items():
+            t0 = time.perf_counter()
+            images = run(kspace, scan["coords"], scan["maps"])
+            dt = (time.perf_counter() - t0) / len(images)
+            m = score(images, scan["reference"], roi=roi)["mean"]
+            info = getattr(run, "last_info", {}) or {}
+            rows[name].append({**m, "seconds_per_frame": dt, "iterations": info.get("iterations", 0)})
+        if progress:
+            progress(i + 1)
+    return {name: {k: float(np.mean([r[k] for r in v])) for k in v[0]} for name, v in rows.items() if v}

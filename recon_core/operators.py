@@ -30,10 +30,11 @@ class RadialSense:
         weights: ``(T, M)`` density weights, or None for an unweighted operator.
         backend: NUFFT backend (default: by device, see :mod:`recon_core.nufft`).
         toeplitz: precompute Toeplitz kernels for :meth:`normal` (else NUFFT pairs).
+        kernel: precomputed ``(T, 2Y, 2X)`` Toeplitz kernels (e.g. of frames seen before).
     """
 
     def __init__(self, coords: torch.Tensor, maps: torch.Tensor, weights: torch.Tensor | None = None,
-                 backend: str | None = None, toeplitz: bool = True):
+                 backend: str | None = None, toeplitz: bool = True, kernel: torch.Tensor | None = None):
         self.maps = maps
         self.device = maps.device
         self.coords = coords.to(self.device, torch.float32)
@@ -43,7 +44,10 @@ class RadialSense:
             weights = torch.ones(self.coords.shape[:2], device=self.device)
         self.weights = weights.to(self.device, torch.float32)
         self.sqrt_w = self.weights.sqrt().to(torch.complex64)
-        self.kernel = self._toeplitz_kernel() if toeplitz else None
+        if kernel is not None:
+            self.kernel = kernel.to(self.device)
+        else:
+            self.kernel = self._toeplitz_kernel() if toeplitz else None
 
     @property
     def frames(self) -> int:

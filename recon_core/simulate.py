@@ -55,7 +55,9 @@ class SimulationConfig:
 @dataclass
 class SimulatedScan:
     """In-memory result. ``kspace (T, C, S, R)``, ``coords (T, S, R, 2)``, ``reference
-    (T, N, N)`` complex64, ``noise (K, C, R)`` noise scans, ``frame_times`` (T,) seconds."""
+    (T, N, N)`` complex64, ``noise (K, C, R)`` noise scans, ``frame_times`` (T,) seconds,
+    ``true_maps (C, N, N)`` the simulated sensitivities on the recon grid (before the
+    coil noise mixing, which prewhitening undoes up to a unitary rotation)."""
     config: SimulationConfig
     kspace: np.ndarray
     coords: np.ndarray
@@ -64,6 +66,7 @@ class SimulatedScan:
     noise_covariance: np.ndarray
     frame_times: np.ndarray
     heart_rate_bpm: float = 0.0
+    true_maps: np.ndarray | None = None
     extras: dict = field(default_factory=dict)
 
 
@@ -113,8 +116,10 @@ def simulate(cfg: SimulationConfig, progress=None) -> SimulatedScan:
     kspace = (kspace + noise(kspace.shape[:-3] + (cfg.coils, s * samples)).reshape(kspace.shape)).astype(
         np.complex64)
     noise_scans = noise((cfg.noise_scans, cfg.coils, samples)).astype(np.complex64)
+    true_maps = maps.numpy().reshape(cfg.coils, n, 2, n, 2).mean(axis=(2, 4))
     return SimulatedScan(cfg, kspace, coords, reference, noise_scans, psi * sigma ** 2, frame_times,
-                         heart_rate_bpm=anatomy.heart_rate_bpm, extras={"sigma": sigma})
+                         heart_rate_bpm=anatomy.heart_rate_bpm, true_maps=true_maps.astype(np.complex64),
+                         extras={"sigma": sigma, "mixing": mixing})
 
 
 def _set_geometry(acq):

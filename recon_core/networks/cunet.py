@@ -1,0 +1,91 @@
+"""CU-Net: a complex U-Net for 2D + time, the learned regularizer of the unrolled networks.
+
+Each stage is a 2D spatial convolution ``(1, 3, 3)`` then a 1D temporal convolution
+``(3, 1, 1)``, each followed by a leaky ReLU; the encoder downsamples space by average
+pooling, the decoder upsamples by transposed convolution and adds the skip connection;
+a final 3D convolution ``(3, 3, 3)`` maps back to the image channels.
+
+Complex images enter as two real channels (real, imaginary). To keep the per-frame
+cost small on a CPU, the input can first be rearranged losslessly from ``(2, T, Y, X)``
+to ``(2 r^2, T, Y/r, X/r)`` (space-to-depth, ``r = unshuffle``) and back at the end.
+
+Shapes: ``forward(x)`` takes and returns complex ``(B, T, Y, X)``; Y and X must be
+divisible by ``unshuffle * 2**(levels - 1)``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def _space_to_depth(x: torch.Tensor, r: int) -> torch.Tensor:
+    """(B, C, T, Y, X) -> (B, C r^2, T, Y/r, X/r)."""
+    if r == 1:
+        return x
+    b, c, t, y, w = x.shape
+    x = x.reshape(b, c, t, y // r, r, w // r, r).permute(0, 1, 4, 6, 2, 3, 5)
+    return x.reshape(b, c * r * r, t, y // r, w // r)
+
+
+def _depth_to_space(x: torch.Tensor, r: int) -> torch.Tensor:
+    """Inverse of :func:`_space_to_depth`."""
+    if r == 1:
+        return x
+    b, c, t, y, w = x.shape
+    x = x.reshape(b, c // (r * r), r, r, t, y, w).permute(0, 1, 4, 5, 2, 6, 3)
+    return x.reshape(b, c // (r * r), t, y * r, w * r)
+
+
+class Stage(nn.Module):
+    """Spatial (1,3,3) conv -> leaky ReLU -> temporal (3,1,1) conv -> leaky ReLU."""
+
+    def __init__(self, cin: int, cout: int, slope: float = 0.1):
+        super().__init__()
+        self.spatial = nn.Conv3d(cin, cout, (1, 3, 3), padding=(0, 1, 1))
+        self.temporal = nn.Conv3d(cout, cout, (3, 1, 1), padding=(1, 0, 0))
+        self.slope = slope
+
+    def forward(self, x):
+        x = F.leaky_relu(self.spatial(x), self.slope)
+        return F.leaky_relu(self.temporal(x), self.slope)
+
+
+class CUNet(nn.Module):
+    def __init__(self, channels: int = 24, levels: int = 2, unshuffle: int = 2):
+        super().__init__()
+        self.unshuffle = unshuffle
+        self.levels = levels
+        cin = 2 * unshuffle * unshuffle
+        widths = [channels * 2 ** i for i in range(levels)]
+        self.enc = nn.ModuleList()
+        c = cin
+        for w in widths:
+            self.enc.append(Stage(c, w))
+            c = w
+        self.up = nn.ModuleList([nn.ConvTranspose3d(widths[i + 1], widths[i], (1, 2, 2), stride=(1, 2, 2))
+                                 for i in range(levels - 1)])
+        self.dec = nn.ModuleList([Stage(widths[i], widths[i]) for i in range(levels - 1)])
+        self.final = nn.Conv3d(widths[0], cin, 3, padding=1)
+        # start as U = 0: the untrained update is a plain gradient step (CG-like, convergent)
+        nn.init.zeros_(self.final.weight)
+        nn.init.zeros_(self.final.bias)
+
+    @property
+    def multiple(self) -> int:
+        return self.unshuffle * 2 ** (self.levels - 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """complex (B, T, Y, X) -> complex (B, T, Y, X)."""
+        h = torch.stack([x.real, x.imag], dim=1)                  # (B, 2, T, Y, X)
+        h = _space_to_depth(h, self.unshuffle)
+        skips = []
+        for i, stage in enumerate(self.enc):
+            if i > 0:
+                h = F.avg_pool3d(h, (1, 2, 2))
+            h = stage(h)
+            skips.append(h)
+        for i in reversed(range(self.levels - 1)):
+            h = self.dec[i](self.up[i](h) + skips[i])
+        h = _depth_to_space(self.final(h), self.unshuffle)
+        return torch.complex(h[:, 0], h[:, 1])

@@ -1,0 +1,147 @@
+"""Streaming network reconstruction: sliding windows over the incoming frames.
+
+Frame ``f`` is emitted once the window ``[f + L - T + 1, f + L]`` is solved (``T =
+window``, ``L = lookahead``): its image uses ``L`` frames of look-ahead and ``T - L - 1``
+of history. Per frame, the expensive parts (Toeplitz kernel, ``A^H y``, the CG-SENSE
+start) are computed once when it arrives and kept while it is in the window. The fixed
+point of each window starts from the previous window's solution shifted by one frame
+(warm start), the new frame entering with its CG-SENSE start, and stops at convergence,
+at ``max_iterations`` or at the output frame's deadline, whichever comes first.
+
+The stream's intensity scale is fixed by its first frame, so all windows share units.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import torch
+
+from ..operators import RadialSense
+from ..reconstructors import flatten_kspace, frame_weights
+from ..solvers import conjugate_gradient
+from .problem import Problem
+
+log = logging.getLogger("rtcine.streaming")
+
+DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.dirname(__file__)), "models", "imunne_small.safetensors")
+
+
+def load_model(path: str, device):
+    from ..training.checkpoint import load_checkpoint
+
+    model, meta, _ = load_checkpoint(path or DEFAULT_MODEL, device=str(device))
+    return model, meta
+
+
+@dataclass
+class _Slot:
+    frame: object
+    coords: torch.Tensor      # (M, 2)
+    weights: torch.Tensor     # (M,)
+    kernel: torch.Tensor      # (2Y, 2X)
+    y_w: torch.Tensor         # (C, M), normalised
+    rhs: torch.Tensor         # (Y, X), normalised
+    x0: torch.Tensor          # (Y, X) CG-SENSE start, normalised
+    x: torch.Tensor           # (Y, X) current estimate (warm start), normalised
+
+
+class StreamingNetworkRecon:
+    """The ``push/flush`` frame reconstructor of the chain for a fixed-point network."""
+
+    name = "imunne"
+
+    def __init__(self, model, cfg, device, cg_start_iterations: int = 3, clock=time.perf_counter):
+        self.model, self.cfg, self.device = model, cfg, torch.device(device)
+        self.window, self.lookahead = cfg.window, cfg.lookahead
+        self.cg_start = cg_start_iterations
+        self.slots: deque[_Slot] = deque(maxlen=self.window)
+        self.scale: float | None = None
+        self.maps: torch.Tensor | None = None
+        self.clock = clock
+        self.emitted = 0
+
+    # -- per-frame preparation ---------------------------------------------------------
+    def _slot(self, frame, maps) -> _Slot:
+        kspace = torch.from_numpy(frame.kspace[None]).to(self.device)
+        coords = torch.from_numpy(frame.coords[None]).to(self.device)
+        op = RadialSense(coords.reshape(1, -1, 2), maps, frame_weights(coords), toeplitz=True)
+        y_w = op.weigh(flatten_kspace(kspace))
+        rhs = op.adjoint(y_w)
+        x0 = conjugate_gradient(op.normal, rhs, iterations=self.cg_start)
+        if self.scale is None:
+            self.scale = float(torch.quantile(x0.abs().flatten()[::7], 0.99).clamp_min(1e-12))
+        s = self.scale
+        return _Slot(frame, op.coords[0], op.weights[0], op.kernel[0], y_w[0] / s, rhs[0] / s, x0[0] / s,
+                     x0[0] / s)
+
+    def _problem(self, maps) -> Problem:
+        slots = list(self.slots)
+        op = RadialSense(torch.stack([s.coords for s in slots]), maps, torch.stack([s.weights for s in slots]),
+                         kernel=torch.stack([s.kernel for s in slots]))
+        x0 = torch.stack([s.x if self.cfg.warm_start else s.x0 for s in slots])
+        return Problem(op, torch.stack([s.y_w for s in slots]), torch.stack([s.rhs for s in slots]), x0, self.scale)
+
+    # -- solving ---------------------------------------------------------------------
+    def _solve(self, maps, deadline_of) -> dict:
+        problem = self._problem(maps)
+        deadline = None
+        if self.cfg.deadline_ms > 0 and deadline_of is not None:
+            limit = deadline_of.arrival + self.cfg.deadline_ms / 1e3
+            deadline = lambda: self.clock() >= limit           # noqa: E731
+        with torch.no_grad():
+            x, info = self.model(problem, max_iter=self.cfg.max_iterations,
+                                 tol=self.cfg.tolerance, deadline=deadline)
+        if self.cfg.warm_start:
+            for slot, xi in zip(self.slots, x):
+                slot.x = xi
+        return {"x": x, **info}
+
+    def _emit(self, index_in_window: int, x: torch.Tensor, info: dict):
+        slot = list(self.slots)[index_in_window]
+        image = (x[index_in_window] * self.scale).cpu().numpy()
+        self.emitted += 1
+        return (slot.frame, image, {"recon": self.name, "iterations": int(info["iterations"]),
+                                    "window": len(self.slots), "converged": int(bool(info.get("converged")))})
+
+    def push(self, frame, maps):
+        if self.maps is not maps:               # new coil maps: re-prepare the frames in the window
+            old = list(self.slots)
+            self.slots.clear()
+            self.maps = maps
+            for s in old:
+                fresh = self._slot(s.frame, maps)
+                fresh.x = s.x
+                self.slots.append(fresh)
+        self.slots.append(self._slot(frame, maps))
+        pos = len(self.slots) - 1 - self.lookahead   # the frame to emit now
+        if pos < 0:
+            return []
+        info = self._solve(maps, list(self.slots)[pos].frame)
+        return [self._emit(pos, info["x"], info)]
+
+    def flush(self):
+        """Emit the frames still waiting for look-ahead (the last window solved once more)."""
+        out = []
+        waiting = min(self.lookahead, len(self.slots))
+        if waiting == 0 or self.maps is None:
+            return out
+        info = self._solve(self.maps, None)
+        for pos in range(len(self.slots) - waiting, len(self.slots)):
+            out.append(self._emit(pos, info["x"], info))
+        return out
+
+
+def _factory(cfg, device, protocol):
+    model, meta = load_model(cfg.model, device)
+    if meta["kind"] not in ("imunne", "altun"):
+        raise ValueError(f"model {cfg.model or DEFAULT_MODEL} is a {meta['kind']!r}, the streaming chain needs "
+                         f"a fixed-point network (imunne)")
+    log.info("network %s from %s (%s)", meta["kind"], cfg.model or DEFAULT_MODEL, meta.get("training", {}))
+    return StreamingNetworkRecon(model, cfg, device)
+
+
+RECONSTRUCTORS = {"imunne": _factory}

@@ -1,0 +1,100 @@
+"""IMUNNE, Alt-UN and the plain CU-Net on one :class:`~recon_core.networks.problem.Problem`.
+
+The update operator (gradient-descent form with a learned regularizer, METHODS.md):
+
+    R(x) = x - eta * A^H (A x - y) - U_theta(x)
+
+with ``U_theta`` a :class:`~recon_core.networks.cunet.CUNet` over the window's frames and
+``eta = softplus(eta_raw) > 0`` learned.
+
+- **IMUNNE** iterates ``x_{k+1} = R(x_k)`` from ``x0`` to a fixed point (relative change
+  below ``tol`` or ``max_iter``), optionally with Anderson acceleration. Training is
+  Jacobian-free (Fung et al.): the fixed point is found without gradients, then one
+  differentiable application ``R(x*)`` gives the output, so training memory is that of
+  one block whatever the iteration count.
+- **Alt-UN**: ``n`` applications of ``R`` (shared weights) trained end to end through all
+  of them (memory grows with ``n``).
+- **CU-Net**: ``x0 - U(x0)``, no data consistency, the same parameters.
+
+All take a Problem and return ``(x (T, Y, X), info)``; images are in the Problem's
+normalised units.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..solvers import fixed_point
+from .cunet import CUNet
+from .problem import Problem
+
+MODELS = ("imunne", "altun", "cunet")
+
+
+class UpdateOperator(nn.Module):
+    def __init__(self, channels: int = 16, levels: int = 2, unshuffle: int = 2, eta: float = 0.5):
+        super().__init__()
+        self.net = CUNet(channels, levels, unshuffle)
+        self.eta_raw = nn.Parameter(torch.tensor(float(torch.log(torch.expm1(torch.tensor(eta))))))
+
+    @property
+    def eta(self) -> torch.Tensor:
+        return F.softplus(self.eta_raw)
+
+    def regularizer(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x[None])[0]
+
+    def forward(self, x: torch.Tensor, problem: Problem) -> torch.Tensor:
+        return x - self.eta * problem.gradient(x) - self.regularizer(x)
+
+
+class IMUNNE(nn.Module):
+    kind = "imunne"
+
+    def __init__(self, channels=16, levels=2, unshuffle=2, eta=0.5, max_iter=20, tol=1e-3, anderson=0):
+        super().__init__()
+        self.block = UpdateOperator(channels, levels, unshuffle, eta)
+        self.max_iter, self.tol, self.anderson = max_iter, tol, anderson
+
+    def forward(self, problem: Problem, x_init=None, max_iter=None, tol=None, deadline=None):
+        start = problem.x0 if x_init is None else x_init
+        with torch.no_grad():
+            fp = fixed_point(lambda x: self.block(x, problem), start, max_iter or self.max_iter,
+                             self.tol if tol is None else tol, self.anderson, deadline)
+        x = self.block(fp.x.detach(), problem) if torch.is_grad_enabled() and self.training else fp.x
+        return x, {"iterations": fp.iterations, "converged": fp.converged, "changes": fp.changes}
+
+
+class AltUN(nn.Module):
+    kind = "altun"
+
+    def __init__(self, channels=16, levels=2, unshuffle=2, eta=0.5, blocks=4):
+        super().__init__()
+        self.block = UpdateOperator(channels, levels, unshuffle, eta)
+        self.blocks = blocks
+
+    def forward(self, problem: Problem, x_init=None, **_):
+        x = problem.x0 if x_init is None else x_init
+        for _ in range(self.blocks):
+            x = self.block(x, problem)
+        return x, {"iterations": self.blocks}
+
+
+class CUNetRecon(nn.Module):
+    kind = "cunet"
+
+    def __init__(self, channels=16, levels=2, unshuffle=2, eta=0.5):
+        super().__init__()
+        self.block = UpdateOperator(channels, levels, unshuffle, eta)   # eta unused: same parameter set
+
+    def forward(self, problem: Problem, x_init=None, **_):
+        x = problem.x0 if x_init is None else x_init
+        return x - self.block.regularizer(x), {"iterations": 1}
+
+
+def build_model(kind: str, **arch) -> nn.Module:
+    classes = {"imunne": IMUNNE, "altun": AltUN, "cunet": CUNetRecon}
+    if kind not in classes:
+        raise ValueError(f"unknown model {kind!r}; expected one of {MODELS}")
+    return classes[kind](**arch)

@@ -1,0 +1,1 @@
+"""Training: simulated datasets, Jacobian-free training loop, checkpoints without pickle."""

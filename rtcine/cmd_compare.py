@@ -1,0 +1,85 @@
+"""``rtcine compare``: every method side by side on held-out scans (the issue-3 table).
+
+    rtcine compare --data runs/data --split test --methods gridding,cgsense,cs,cunet,altun,imunne \
+        [--models recon_core/models] [--noise 0,0.05] [--json out.json]
+
+Networks are read from ``--models`` (``<kind>_small.safetensors``) or given one by one
+with ``--model kind=PATH``. Each scan is reconstructed as a whole (all its frames as one
+window); PSNR/SSIM/NRMSE are means over frames and scans (magnitude, LS-scaled, vs the
+reference); seconds per frame is wall time on this machine.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+
+def add_parser(sub):
+    p = sub.add_parser("compare", help="all methods side by side on held-out scans (PSNR/SSIM/time)")
+    p.add_argument("--data", default="runs/data")
+    p.add_argument("--split", default="test", help="test (standard protocol) or test-ood (unseen settings)")
+    p.add_argument("--scans", type=int, default=0, help="use only the first N scans (0: all)")
+    p.add_argument("--methods", default="gridding,cgsense,cunet,altun,imunne")
+    p.add_argument("--models", default=os.path.join(os.path.dirname(os.path.dirname(__file__)), "recon_core",
+                                                    "models"))
+    p.add_argument("--model", action="append", default=[], metavar="KIND=PATH")
+    p.add_argument("--noise", default="0", help="comma-separated k-space noise levels (fraction of RMS)")
+    p.add_argument("--roi", action="store_true")
+    p.add_argument("--json", help="write the results here")
+    p.set_defaults(func=run)
+
+
+def _model_paths(args) -> dict:
+    paths = {kind: os.path.join(args.models, f"{kind}_small.safetensors") for kind in ("imunne", "altun", "cunet")}
+    for item in args.model:
+        kind, path = item.split("=", 1)
+        paths[kind] = path
+    return paths
+
+
+def run(args) -> int:
+    from tqdm import tqdm
+
+    from recon_core.evaluation import classical_methods, compare, network_method
+    from recon_core.training.checkpoint import load_checkpoint
+    from recon_core.training.data import load_scan
+
+    files = sorted(glob.glob(os.path.join(args.data, f"{args.split}_*.npz")))
+    if args.scans:
+        files = files[:args.scans]
+    if not files:
+        raise FileNotFoundError(f"no {args.split}_*.npz scans in {args.data} (build them with "
+                                f"python -c \"from recon_core.training.data import build_split; "
+                                f"build_split('{args.data}', '{args.split}', 8)\")")
+    scans = [load_scan(f) for f in files]
+    available = classical_methods()
+    try:
+        from recon_core.compressed_sensing import cs_method
+        available["cs"] = cs_method()
+    except ImportError:
+        pass
+    paths = _model_paths(args)
+    methods = {}
+    for name in args.methods.split(","):
+        if name in available:
+            methods[name] = available[name]
+        elif name in paths:
+            model, meta, _ = load_checkpoint(paths[name])
+            methods[name] = network_method(model)
+        else:
+            raise ValueError(f"unknown method {name!r}")
+    results = {}
+    for level in [float(x) for x in args.noise.split(",")]:
+        with tqdm(total=len(scans), desc=f"compare noise={level:g}", unit="scan") as bar:
+            results[level] = compare(scans, methods, noise=level, roi=args.roi,
+                                     progress=lambda i: bar.update(i - bar.n))
+        print(f"\n{args.split}: {len(scans)} scans, k-space noise {level:g} x RMS")
+        print(f"{'method':10s} {'PSNR dB':>8s} {'SSIM':>6s} {'NRMSE':>6s} {'ms/frame':>9s} {'iters':>6s}")
+        for name, r in results[level].items():
+            print(f"{name:10s} {r['psnr']:8.2f} {r['ssim']:6.3f} {r['nrmse']:6.3f} "
+                  f"{r['seconds_per_frame'] * 1e3:9.1f} {r['iterations']:6.1f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({str(k): v for k, v in results.items()}, f, indent=1)
+    return 0

@@ -1,0 +1,119 @@
+"""Networks on tiny CPU problems: JFB gradients, fixed-point convergence, checkpoints, memory."""
+import numpy as np
+import pytest
+import torch
+
+from recon_core.networks.cunet import CUNet, _depth_to_space, _space_to_depth
+from recon_core.networks.problem import make_problem
+from recon_core.networks.unrolled import build_model
+from recon_core.training.checkpoint import load_checkpoint, save_checkpoint
+from recon_core.trajectory import radial_coordinates, spoke_angles
+
+ARCH = {"channels": 4, "levels": 2, "unshuffle": 2, "eta": 0.5}
+
+
+@pytest.fixture(scope="module")
+def tiny_problem():
+    """32x32, 4 coils, 4 frames of 9 golden-angle spokes, a smooth random object."""
+    g = torch.Generator().manual_seed(0)
+    n, t, c, s = 32, 4, 4, 9
+    angles = spoke_angles(np.arange(t * s).reshape(t, s), "golden", s)
+    coords = torch.from_numpy(radial_coordinates(angles, 2 * n))
+    maps = torch.randn(c, n, n, dtype=torch.complex64, generator=g)
+    maps = maps / maps.abs().pow(2).sum(0).sqrt()
+    iy, ix = torch.meshgrid(torch.arange(n) - n / 2, torch.arange(n) - n / 2, indexing="ij")
+    obj = torch.stack([((ix ** 2 + iy ** 2) < (8 + f) ** 2).to(torch.complex64) for f in range(t)])
+    from recon_core.reconstructors import make_operator
+    op = make_operator(coords, maps, toeplitz=False)
+    y = op.forward(obj) / op.sqrt_w[:, None, :]            # unweighted samples
+    kspace = y.reshape(t, c, s, 2 * n)
+    return make_problem(kspace, coords, maps), obj
+
+
+def test_space_to_depth_is_lossless():
+    x = torch.randn(2, 3, 4, 8, 8)
+    assert torch.equal(_depth_to_space(_space_to_depth(x, 2), 2), x)
+
+
+def test_cunet_shapes_and_zero_start():
+    net = CUNet(channels=4, levels=2, unshuffle=2)
+    x = torch.randn(1, 3, 16, 16, dtype=torch.complex64)
+    assert net(x).shape == x.shape
+    assert net(x).abs().max() == 0          # final layer starts at zero: R is a plain gradient step
+
+
+def _perturb(model, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+
+
+def test_jfb_gradients_reach_every_regularizer_weight(tiny_problem):
+    problem, obj = tiny_problem
+    model = build_model("imunne", **ARCH, max_iter=5, tol=1e-6).train()
+    _perturb(model)
+    x, info = model(problem)
+    assert info["iterations"] == 5
+    loss = (x - obj / problem.scale).abs().mean()
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_jfb_memory_does_not_grow_with_iterations(tiny_problem):
+    """The autograd graph of IMUNNE holds one block, whatever the iteration count;
+    Alt-UN's grows with its blocks."""
+    problem, _ = tiny_problem
+
+    def saved_tensors(model):
+        x, _ = model(problem)
+        count, seen, stack = 0, set(), [x.grad_fn]
+        while stack:
+            fn = stack.pop()
+            if fn is None or fn in seen:
+                continue
+            seen.add(fn)
+            count += sum(1 for a in dir(fn) if a.startswith("_saved_"))
+            stack.extend(f for f, _ in fn.next_functions)
+        return count
+
+    few = saved_tensors(build_model("imunne", **ARCH, max_iter=2, tol=0).train())
+    many = saved_tensors(build_model("imunne", **ARCH, max_iter=20, tol=0).train())
+    unrolled = saved_tensors(build_model("altun", **ARCH, blocks=4).train())
+    assert few == many
+    assert unrolled > 3 * few
+
+
+def test_fixed_point_converges(tiny_problem):
+    problem, _ = tiny_problem
+    model = build_model("imunne", **ARCH, max_iter=60, tol=1e-4).eval()
+    _perturb(model, seed=2)
+    with torch.no_grad():
+        _, info = model(problem)
+    changes = info["changes"]
+    assert changes[-1] < 0.1 * changes[0]
+    assert changes[-1] < changes[len(changes) // 2]
+
+
+def test_checkpoint_reproduces_outputs_bit_for_bit(tiny_problem, tmp_path):
+    problem, _ = tiny_problem
+    model = build_model("imunne", **ARCH, max_iter=4, tol=0).eval()
+    _perturb(model, seed=3)
+    arch = dict(ARCH, max_iter=4, tol=0)
+    save_checkpoint(str(tmp_path / "m"), model, "imunne", arch, {"note": "test"})
+    loaded, meta, _ = load_checkpoint(str(tmp_path / "m.safetensors"))
+    assert meta["kind"] == "imunne" and meta["training"]["note"] == "test"
+    with torch.no_grad():
+        a, _ = model(problem)
+        b, _ = loaded(problem)
+    assert torch.equal(a, b)
+
+
+def test_corrupt_or_missing_model_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_checkpoint(str(tmp_path / "nothing.safetensors"))
+    (tmp_path / "bad.safetensors").write_bytes(b"not a model")
+    (tmp_path / "bad.yaml").write_text("kind: imunne\narch: {channels: 4}\n")
+    with pytest.raises(ValueError, match="cannot be loaded"):
+        load_checkpoint(str(tmp_path / "bad.safetensors"))
