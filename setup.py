@@ -21,7 +21,12 @@ setup(
         "safetensors",
         "tqdm",
         "matplotlib",
+        "pillow",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={
+        "test": ["pytest", "selenium"],
+        # MP4 export (rtcine export --mp4): a wheel with an ffmpeg binary inside
+        "video": ["imageio-ffmpeg"],
+    },
     entry_points={"console_scripts": ["rtcine=rtcine.cli:main"]},
 )

@@ -54,13 +54,27 @@ def cmd_replay(args) -> int:
     from gadgets.replay import format_summary, replay
 
     cfg = _recon_config(args)
+    viewer = None
+    if args.view:
+        from gadgets.viewer import LiveViewer
+        viewer = LiveViewer("127.0.0.1", args.view_port).start()
+        print(f"live viewer: {viewer.url}", flush=True)
     if args.server:
-        from gadgets.client import replay_to_server
-        summary = replay_to_server(args.input, args.server, args.chain, out=args.out, realtime=args.realtime,
-                                   speed=args.speed)
+        if viewer is not None:
+            print("--view shows local replays only: for a server, run `rtcine view` and forward to it")
+        from gadgets.client import ServerError, replay_to_server
+        if args.recon or args.config or args.set or args.device or args.model:
+            log.warning("with --server the chain XML's <configuration> decides the reconstruction: "
+                        "--recon, --config, --set, --device and --model are ignored")
+        try:
+            summary = replay_to_server(args.input, args.server, args.chain, out=args.out, realtime=args.realtime,
+                                       speed=args.speed)
+        except ServerError as exc:
+            print(f"rtcine replay: error: {exc}", file=sys.stderr)
+            return 2
     else:
         summary = replay(args.input, cfg, out=args.out, realtime=args.realtime, speed=args.speed,
-                         progress=not args.quiet)
+                         progress=not args.quiet, sink=viewer)
     summary.pop("images_list", None)
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -70,6 +84,10 @@ def cmd_replay(args) -> int:
         from rtcine.pictures import cine_montage
         cine_montage(args.out, args.picture)
         print(f"picture of the cine: {args.picture}")
+    if viewer is not None:
+        from rtcine.cmd_view import serve_until_interrupted
+        serve_until_interrupted(viewer, f"replay done; the viewer keeps serving at {viewer.url} for review "
+                                        "(Ctrl-C stops)")
     return 0 if summary["images"] > 0 or summary["frames"] == 0 else 1
 
 
@@ -195,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--picture", help="PNG montage of the cine (needs --out)")
     r.add_argument("--json", action="store_true")
     r.add_argument("-q", "--quiet", action="store_true")
+    r.add_argument("--view", action="store_true", help="watch the cine live in a browser (local web page)")
+    r.add_argument("--view-port", type=int, default=8080, help="with --view: port of the viewer on 127.0.0.1")
     r.set_defaults(func=cmd_replay)
 
     v = sub.add_parser("serve", help="wait for Gadgetron (or any ISMRMRD client) as an external module")
@@ -227,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: further subcommands, each a module with ``add_parser(subparsers)`` that sets ``func``
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["rtcine.cmd_train", "rtcine.cmd_compare", "rtcine.cmd_view", "rtcine.cmd_export"]
 
 
 def main(argv=None) -> int:
