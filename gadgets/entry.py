@@ -13,6 +13,7 @@ from recon_core.config import ReconConfig
 
 from . import connection as _connection_fix  # noqa: F401  (closed-socket fix, see gadgets/connection.py)
 from .chain import run_chain
+from .feeder import ThreadedSource
 from .stats import ChainStats
 
 log = logging.getLogger("rtcine.entry")
@@ -36,9 +37,13 @@ def config_from_xml(element) -> ReconConfig:
 def handle(connection, cfg: ReconConfig | None = None) -> ChainStats:
     """Run the chain on a gadgetron ``connection``: read items, send images and passed-on items."""
     stats = ChainStats()
+    source = None
     try:
         cfg = cfg if cfg is not None else config_from_xml(connection.config)
-        for item in run_chain(iter(connection), connection.header, cfg, stats):
+        # read on a thread of its own: arrival times are stamped when items leave the socket,
+        # and the bounded queue holds at most queue_size frames' worth of spokes
+        source = ThreadedSource(iter(connection), maxsize=cfg.queue_size * 64)
+        for item in run_chain(source, connection.header, cfg, stats):
             connection.send(item)
     except Exception as exc:
         # Gadgetron shows our log; an exception here ends in a plain CLOSE on its side
@@ -46,6 +51,8 @@ def handle(connection, cfg: ReconConfig | None = None) -> ChainStats:
         stats.errors.append(f"{type(exc).__name__}: {exc}")
         raise
     finally:
+        if source is not None:
+            source.close()
         log.info("rtcine chain: %s", _brief(stats))
     return stats
 

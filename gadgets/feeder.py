@@ -46,6 +46,9 @@ class ThreadedSource:
     def __init__(self, source, maxsize: int = 0):
         self._queue: queue.Queue = queue.Queue(maxsize)
         self._error: BaseException | None = None
+        self._stop = threading.Event()
+        self.bound = maxsize
+        self.high_water = 0
         self._thread = threading.Thread(target=self._run, args=(source,), daemon=True, name="rtcine-reader")
         self._thread.start()
 
@@ -56,11 +59,28 @@ class ThreadedSource:
                     setattr(item, ARRIVAL, time.perf_counter())
                 except AttributeError:
                     pass
-                self._queue.put(item)
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(item, timeout=0.1)
+                        self.high_water = max(self.high_water, self._queue.qsize())
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
         except BaseException as exc:  # forwarded to the consumer
             self._error = exc
         finally:
-            self._queue.put(_END)
+            while not self._stop.is_set():
+                try:
+                    self._queue.put(_END, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+
+    def close(self) -> None:
+        """Stop reading (the consumer gave up); a blocked reader thread ends within 0.1 s."""
+        self._stop.set()
 
     def __iter__(self):
         while True:

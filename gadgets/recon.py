@@ -27,6 +27,7 @@ class ClassicalRecon:
 
     def __init__(self, name: str, cfg, device: torch.device):
         self.name, self.cfg, self.device = name, cfg, device
+        self.reduced = False            # set by the overload guard
 
     def push(self, frame: Frame, maps: torch.Tensor):
         kspace = torch.from_numpy(frame.kspace[None]).to(self.device)
@@ -35,8 +36,9 @@ class ClassicalRecon:
             image = rc.gridding(kspace, coords, maps)
             info = {"recon": "gridding"}
         else:
-            image = rc.cg_sense(kspace, coords, maps, self.cfg.cg_iterations, self.cfg.cg_lambda)
-            info = {"recon": "cgsense", "iterations": self.cfg.cg_iterations}
+            iterations = max(1, self.cfg.cg_iterations // 4) if self.reduced else self.cfg.cg_iterations
+            image = rc.cg_sense(kspace, coords, maps, iterations, self.cfg.cg_lambda)
+            info = {"recon": "cgsense", "iterations": iterations}
         return [(frame, image[0].cpu().numpy(), info)]
 
     def flush(self):
@@ -58,16 +60,64 @@ def make_reconstructor(cfg, device, protocol):
     return RECONSTRUCTORS[cfg.recon](cfg, device, protocol)
 
 
+class OverloadGuard:
+    """Keeps latency bounded when frames arrive faster than they are reconstructed.
+
+    A frame's *backlog* is how many frame intervals have passed since its last spoke
+    arrived when its reconstruction starts. Above ``queue_size`` frames of backlog the
+    policy acts: ``skip`` drops the frame (no image; logged and counted, the chain
+    catches up with the newest frames), ``reduce`` reconstructs it with the reduced
+    iteration budget (one fixed-point iteration, or CG-SENSE with a quarter of its
+    iterations) until the backlog is back under half the queue.
+    """
+
+    def __init__(self, cfg, frame_interval_s: float, stats, clock=time.perf_counter):
+        self.cfg, self.interval, self.stats, self.clock = cfg, frame_interval_s, stats, clock
+        self.reducing = False
+
+    def backlog(self, frame: Frame) -> float:
+        if self.interval <= 0:
+            return 0.0
+        return (self.clock() - frame.arrival) / self.interval
+
+    def admit(self, frame: Frame, held: bool = False) -> bool:
+        """False if the frame is to be skipped; sets ``self.reducing`` for the reduce policy.
+        Frames deliberately ``held`` for the first coil maps (``wait_for_maps``) are exempt."""
+        if held:
+            return True
+        lag = self.backlog(frame)
+        if self.cfg.overload == "skip":
+            if lag > self.cfg.queue_size and not frame.partial:
+                self.stats.skipped_frames += 1
+                self.stats.skipped.append(frame.index)
+                log.warning("overload: frame %d skipped (%.1f frames behind, queue_size %d); %d skipped so far",
+                            frame.index, lag, self.cfg.queue_size, self.stats.skipped_frames)
+                return False
+            return True
+        if lag > self.cfg.queue_size and not self.reducing:
+            self.reducing = True
+            log.warning("overload: %.1f frames behind at frame %d: reducing iterations", lag, frame.index)
+        elif self.reducing and lag < self.cfg.queue_size / 2:
+            self.reducing = False
+            log.info("overload over at frame %d: full iterations again", frame.index)
+        if self.reducing:
+            self.stats.reduced_frames += 1
+        return True
+
+
 def reconstruct_frames(items, cfg, protocol, stats, clock=time.perf_counter):
     """Turn :class:`Frame` items into ``(frame, image, info)`` tuples; pass others through.
 
     ``info`` carries the recon name, the coil-map source and the latency in ms from the
-    frame's last spoke to the moment its image is ready.
+    frame's last spoke to the moment its image is ready. Overload is handled by
+    :class:`OverloadGuard`.
     """
     device = torch.device(cfg.device)
     shape = (protocol.matrix, protocol.matrix)
     maps = CoilMapService(shape, cfg.coil_maps, cfg.calibration_frames, cfg.coil_map_refresh, cfg.device)
     recon = make_reconstructor(cfg, device, protocol)
+    stride = cfg.frame_stride or protocol.spokes_per_frame
+    guard = OverloadGuard(cfg, stride * protocol.tr_ms / 1e3, stats, clock)
     held: list[Frame] = []
 
     def finish(results, source):
@@ -79,7 +129,10 @@ def reconstruct_frames(items, cfg, protocol, stats, clock=time.perf_counter):
                 stats.iterations.append(info["iterations"])
             yield frame, image, info
 
-    def run(frame):
+    def run(frame, was_held=False):
+        if not guard.admit(frame, was_held):
+            return
+        recon.reduced = guard.reducing
         current, source = maps.current()
         yield from finish(recon.push(frame, current), source)
 
@@ -90,17 +143,19 @@ def reconstruct_frames(items, cfg, protocol, stats, clock=time.perf_counter):
                 continue
             maps.add(item)
             held.append(item)
+            waited = False
             if cfg.wait_for_maps and not maps.ready():
                 if not maps.pending:
                     continue
                 maps.finish()
+                waited = True
             batch, held = held, []
             for frame in batch:
-                yield from run(frame)
+                yield from run(frame, was_held=waited)
         if held:
             maps.finish()
             for frame in held:
-                yield from run(frame)
+                yield from run(frame, was_held=True)
         yield from finish(recon.flush(), maps.source)
     finally:
         maps.close()

@@ -32,8 +32,11 @@ def replay(path: str, cfg, out: str | None = None, realtime: bool = False, speed
     if progress:
         from tqdm import tqdm
         source = tqdm(source, total=total, unit="acq", desc="replay", leave=False)
+    reader = None
     if realtime:
-        source = ThreadedSource(paced(source, TICK_SECONDS, speed))
+        # bounded: at most queue_size frames of spokes wait between the reader and the chain
+        spf = cfg.spokes_per_frame or protocol.spokes_per_frame or 13
+        source = reader = ThreadedSource(paced(source, TICK_SECONDS, speed), maxsize=cfg.queue_size * spf)
     stats = ChainStats()
     writer = ismrmrd.Dataset(out, "dataset", create_if_needed=True) if out else None
     if writer is not None:
@@ -50,6 +53,8 @@ def replay(path: str, cfg, out: str | None = None, realtime: bool = False, speed
                 images.append(item)
     finally:
         wall = time.perf_counter() - t0
+        if reader is not None:
+            reader.close()
         dset.close()
         if writer is not None:
             writer.close()
@@ -58,7 +63,9 @@ def replay(path: str, cfg, out: str | None = None, realtime: bool = False, speed
     stride = cfg.frame_stride or spf
     summary.update(recon=cfg.recon, wall_s=wall, output_fps=len(images) / wall if wall > 0 else 0.0,
                    acquisition_fps=1000.0 / (protocol.tr_ms * stride) if protocol.tr_ms else float("nan"),
-                   realtime=realtime, output=out)
+                   realtime=realtime, output=out,
+                   input_queue_bound=reader.bound if reader else 0,
+                   input_queue_high_water=reader.high_water if reader else 0)
     summary["images_list"] = images
     return summary
 

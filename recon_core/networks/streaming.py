@@ -63,6 +63,7 @@ class StreamingNetworkRecon:
         self.maps: torch.Tensor | None = None
         self.clock = clock
         self.emitted = 0
+        self.reduced = False            # set by the chain's overload guard: one iteration per window
 
     # -- per-frame preparation ---------------------------------------------------------
     def _slot(self, frame, maps) -> _Slot:
@@ -93,7 +94,7 @@ class StreamingNetworkRecon:
             limit = deadline_of.arrival + self.cfg.deadline_ms / 1e3
             deadline = lambda: self.clock() >= limit           # noqa: E731
         with torch.no_grad():
-            x, info = self.model(problem, max_iter=self.cfg.max_iterations,
+            x, info = self.model(problem, max_iter=1 if self.reduced else self.cfg.max_iterations,
                                  tol=self.cfg.tolerance, deadline=deadline)
         if self.cfg.warm_start:
             for slot, xi in zip(self.slots, x):
@@ -129,8 +130,9 @@ class StreamingNetworkRecon:
         waiting = min(self.lookahead, len(self.slots))
         if waiting == 0 or self.maps is None:
             return out
-        info = self._solve(self.maps, None)
-        for pos in range(len(self.slots) - waiting, len(self.slots)):
+        first = len(self.slots) - waiting
+        info = self._solve(self.maps, list(self.slots)[first].frame)
+        for pos in range(first, len(self.slots)):
             out.append(self._emit(pos, info["x"], info))
         return out
 

@@ -1,0 +1,95 @@
+"""Streaming network reconstruction: windows, warm start, deadlines, overload."""
+import ismrmrd
+import numpy as np
+import pytest
+import torch
+
+from gadgets.chain import run_chain
+from gadgets.images import image_frame
+from gadgets.replay import replay
+from gadgets.stats import ChainStats
+from recon_core.config import ReconConfig
+from recon_core.mrd import open_dataset, read_acquisitions, read_header
+from recon_core.networks.unrolled import build_model
+from recon_core.training.checkpoint import save_checkpoint
+
+ARCH = {"channels": 4, "levels": 2, "unshuffle": 2, "eta": 1.0, "max_iter": 6, "tol": 1e-3}
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A small IMUNNE with perturbed (untrained) weights: fast, and not a no-op."""
+    model = build_model("imunne", **ARCH)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in model.block.net.parameters():
+            p.add_(0.02 * torch.randn(p.shape, generator=g))
+    path = str(tmp_path_factory.mktemp("model") / "tiny")
+    save_checkpoint(path, model, "imunne", ARCH)
+    return path + ".safetensors"
+
+
+def _cfg(model, **kw):
+    base = dict(recon="imunne", model=model, wait_for_maps=True, calibration_frames=8, window=4, lookahead=1,
+                max_iterations=6, tolerance=1e-3)
+    base.update(kw)
+    return ReconConfig(**base)
+
+
+def test_one_image_per_frame_in_order_with_iterations(small_file, tiny_model):
+    s = replay(small_file, _cfg(tiny_model))
+    images = s["images_list"]
+    assert s["frames"] == 16 and len(images) == 16
+    assert [i.getHead().image_index for i in images] == list(range(1, 17))
+    for img in images:
+        assert img.meta["rtcine_recon"] == "imunne"
+        assert 1 <= int(img.meta["rtcine_iterations"]) <= 6
+        assert float(img.meta["rtcine_latency_ms"]) >= 0
+
+
+def test_streaming_at_scanner_pace_equals_offline(small_file, tiny_model):
+    """Same model, no deadline, no overload policy at work: a paced, threaded replay gives
+    the offline images."""
+    cfg = _cfg(tiny_model, queue_size=100000)
+    offline = replay(small_file, cfg)["images_list"]
+    paced = replay(small_file, cfg, realtime=True, speed=8.0)["images_list"]
+    assert len(offline) == len(paced) == 16
+    for a, b in zip(offline, paced):
+        np.testing.assert_allclose(image_frame(a), image_frame(b), rtol=0, atol=1e-5 * np.abs(image_frame(a)).max())
+
+
+def test_tiny_deadline_still_gives_every_frame(small_file, tiny_model):
+    s = replay(small_file, _cfg(tiny_model, deadline_ms=0.001))
+    images = s["images_list"]
+    assert len(images) == 16
+    assert [i.getHead().image_index for i in images] == list(range(1, 17))
+    assert all(int(i.meta["rtcine_iterations"]) == 1 for i in images)
+
+
+def test_warm_start_needs_fewer_iterations_than_cold(small_file, tmp_path):
+    """With a contractive update (regularizer at its zero start: a normalised gradient
+    step), starting each window from the previous solution saves iterations."""
+    path = str(tmp_path / "plain")
+    save_checkpoint(path, build_model("imunne", **ARCH), "imunne", ARCH)
+    warm = replay(small_file, _cfg(path + ".safetensors", max_iterations=30, tolerance=1e-2))
+    cold = replay(small_file, _cfg(path + ".safetensors", max_iterations=30, tolerance=1e-2, warm_start=False))
+    assert warm["iterations_mean"] < 0.75 * cold["iterations_mean"]
+
+
+def test_overload_skip_accounts_for_every_frame(small_file):
+    """Replayed 1000x faster than the scanner: frames pile up, the oldest are skipped,
+    each logged and counted; emitted + skipped = frames; the input queue stays bounded."""
+    cfg = ReconConfig(recon="cgsense", coil_maps="lowres", overload="skip", queue_size=2)
+    s = replay(small_file, cfg, realtime=True, speed=1000.0)
+    emitted = {int(i.meta["rtcine_frame"]) for i in s["images_list"]}
+    assert s["frames"] == 16 and s["skipped_frames"] > 0
+    assert len(emitted) + s["skipped_frames"] == 16
+    assert sorted(set(range(16)) - emitted) == sorted(s["skipped"])
+    assert s["input_queue_high_water"] <= s["input_queue_bound"]
+
+
+def test_overload_reduce_cuts_cg_iterations(small_file):
+    cfg = ReconConfig(recon="cgsense", coil_maps="lowres", overload="reduce", queue_size=2, cg_iterations=8)
+    s = replay(small_file, cfg, realtime=True, speed=1000.0)
+    assert len(s["images_list"]) == 16 and s["reduced_frames"] > 0
+    assert any(i.meta["rtcine_iterations"] == "2" for i in s["images_list"])
