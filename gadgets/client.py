@@ -323,6 +323,8 @@ def replay_to_server(path: str, server: str, chain: str | None = None, out: str 
         "recon": recon, "wall_s": wall, "output_fps": len(images) / wall if wall > 0 else 0.0,
         "acquisition_fps": 1000.0 / (tr_ms * stride) if tr_ms else float("nan"),
         "realtime": realtime, "output": out,
+        # replay()'s bounded input queue sits in the server's chain here, out of sight
+        "input_queue_bound": 0, "input_queue_high_water": 0,
         # client-only: where it went, per-frame latencies, the chain's own latency meta
         "server": f"{host}:{port}", "chain": chain_desc,
         "frame_latencies_ms": [frame_latencies[k] for k in sorted(frame_latencies)],

@@ -65,7 +65,7 @@ class OverloadGuard:
 
     A frame's *backlog* is how many frame intervals have passed since its last spoke
     arrived when its reconstruction starts. Above ``queue_size`` frames of backlog the
-    policy acts: ``skip`` drops the frame (no image; logged and counted, the chain
+    policy acts (``none``: never; the bounded input queue then slows the sender): ``skip`` drops the frame (no image; logged and counted, the chain
     catches up with the newest frames), ``reduce`` reconstructs it with the reduced
     iteration budget (one fixed-point iteration, or CG-SENSE with a quarter of its
     iterations) until the backlog is back under half the queue.
@@ -83,7 +83,7 @@ class OverloadGuard:
     def admit(self, frame: Frame, held: bool = False) -> bool:
         """False if the frame is to be skipped; sets ``self.reducing`` for the reduce policy.
         Frames deliberately ``held`` for the first coil maps (``wait_for_maps``) are exempt."""
-        if held:
+        if held or self.cfg.overload == "none":
             return True
         lag = self.backlog(frame)
         if self.cfg.overload == "skip":

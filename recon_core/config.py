@@ -13,7 +13,7 @@ import yaml
 
 RECONS = ("gridding", "cgsense", "imunne")
 COIL_MAP_METHODS = ("espirit", "lowres")
-OVERLOAD_POLICIES = ("reduce", "skip")
+OVERLOAD_POLICIES = ("none", "reduce", "skip")
 
 
 class ConfigError(ValueError):
@@ -63,9 +63,11 @@ class ReconConfig:
     deadline_ms: float = 0.0
     #: warm start the fixed point from the previous window
     warm_start: bool = True
-    #: bounded frame queue length and overload policy (reduce iterations, or skip to newest)
+    #: bounded input queue (in frames of spokes) and the policy when frames fall more than
+    #: queue_size frame intervals behind: none (full quality; the bounded queue slows the
+    #: sender, as TCP does), reduce (fewer iterations), skip (drop to the newest frame)
     queue_size: int = 8
-    overload: str = "reduce"
+    overload: str = "none"
 
     def __post_init__(self):
         self.validate()
