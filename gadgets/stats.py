@@ -32,4 +32,5 @@ class ChainStats:
                 "skipped": list(self.skipped), "reduced_frames": self.reduced_frames,
                 "iterations_mean": float(sum(self.iterations) / len(self.iterations)) if self.iterations else 0.0,
                 "passed_through": self.passed_through, "latency_ms": latency_stats(self.latencies_ms),
+                "latency_list": [float(x) for x in self.latencies_ms],
                 "errors": list(self.errors)}

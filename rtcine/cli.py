@@ -247,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: further subcommands, each a module with ``add_parser(subparsers)`` that sets ``func``
-COMMAND_MODULES: list[str] = ["rtcine.cmd_train", "rtcine.cmd_compare", "rtcine.cmd_view", "rtcine.cmd_export"]
+COMMAND_MODULES: list[str] = ["rtcine.cmd_train", "rtcine.cmd_compare", "rtcine.cmd_bench", "rtcine.cmd_view", "rtcine.cmd_export"]
 
 
 def main(argv=None) -> int:

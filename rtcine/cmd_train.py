@@ -29,6 +29,7 @@ def add_parser(sub):
     p.add_argument("--checkpoint-every", type=int, default=50)
     p.add_argument("--device", default="cpu")
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in --out")
+    p.add_argument("--init", default="", help="initialise the regularizer from this checkpoint (e.g. a CU-Net)")
     p.set_defaults(func=run)
 
 
@@ -45,7 +46,7 @@ def run(args) -> int:
     cfg = TrainConfig(model=args.model, channels=args.channels, levels=args.levels, max_iter=args.max_iter,
                       tol=args.tol, blocks=args.blocks, window=args.window, steps=args.steps, lr=args.lr,
                       validate_every=args.validate_every, checkpoint_every=args.checkpoint_every,
-                      device=args.device)
+                      device=args.device, init=args.init)
     out = args.out or f"runs/{args.model}"
     history = train(cfg, splits["train"], splits["val"], out, resume=not args.fresh)
     t = history.get("timing", {})

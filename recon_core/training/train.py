@@ -45,6 +45,8 @@ class TrainConfig:
     checkpoint_every: int = 50
     seed: int = 0
     device: str = "cpu"
+    init: str = ""               # checkpoint whose regularizer (block.net.*) initialises this model
+    val_scans: int = 3
     extra: dict = field(default_factory=dict)
 
     def arch(self) -> dict:
@@ -93,9 +95,15 @@ def train(cfg: TrainConfig, train_paths, val_paths, out_dir: str, resume: bool =
     rng = np.random.default_rng(cfg.seed)
     device = torch.device(cfg.device)
     scans = [load_scan(p) for p in train_paths]
-    val = [load_scan(p) for p in val_paths]
+    val = [load_scan(p) for p in val_paths[:cfg.val_scans]]
     rss_data = peak_rss_mb()
     model = build_model(cfg.model, **cfg.arch()).to(device).train()
+    if cfg.init:
+        from safetensors.torch import load_file
+        init = {k: v for k, v in load_file(cfg.init).items() if k.startswith("block.net.")}
+        missing = model.load_state_dict(init, strict=False)
+        log.info("regularizer initialised from %s (%d tensors; not from it: %s)", cfg.init, len(init),
+                 missing.missing_keys)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps, eta_min=cfg.lr * 0.05)
     history = {"step": [], "loss": [], "val": [], "config": asdict(cfg)}

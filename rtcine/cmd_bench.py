@@ -1,0 +1,163 @@
+"""``rtcine bench``: replay a file at scanner pace with every method and measure them.
+
+    rtcine bench IN.h5 [--methods gridding,cgsense,imunne-cold,imunne-warm,imunne-rt]
+                       [--device cpu|cuda] [--speed 1] [--json OUT.json] [--histogram lat.png]
+
+Each method runs in a fresh process (so its peak memory is its own) on the same file at
+scanner pace (acquisitions paced by their time stamps, read on a thread that stamps
+their arrival). Reported per method: latency from a frame's last spoke to its image
+(p50/p95/p99/max), sustained output frames per second and its ratio to the acquisition
+frame rate, iterations per frame, skipped frames, peak resident memory, and PSNR/SSIM
+against the file's reference frames (body ROI). For network methods, the PSNR of the
+same model run offline to convergence (all frames in one window, tol 1e-4) is given too.
+
+Method presets (override any key with ``--set key=value``, applied to all):
+  gridding, cgsense                   the classical chain
+  imunne-cold                         network, every window from its CG-SENSE start
+  imunne-warm                         network, warm start from the previous window
+  imunne-rt                           warm start + deadline 100 ms + overload=reduce
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+
+PRESETS = {
+    "gridding": {"recon": "gridding"},
+    "cgsense": {"recon": "cgsense"},
+    "imunne-cold": {"recon": "imunne", "warm_start": False},
+    "imunne-warm": {"recon": "imunne", "warm_start": True},
+    "imunne-rt": {"recon": "imunne", "warm_start": True, "deadline_ms": 100.0, "overload": "reduce"},
+}
+
+
+def add_parser(sub):
+    p = sub.add_parser("bench", help="latency, throughput, memory and quality of every method at scanner pace")
+    p.add_argument("input")
+    p.add_argument("--methods", default="gridding,cgsense,imunne-cold,imunne-warm,imunne-rt")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--model", default="", help="network model (default: the shipped one)")
+    p.add_argument("--speed", type=float, default=1.0, help="multiple of scanner pace")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--no-offline", action="store_true", help="skip the offline-converged network PSNR")
+    p.add_argument("--json", help="write all numbers here")
+    p.add_argument("--histogram", default="bench_latency.png", help="latency histogram picture")
+    p.set_defaults(func=run)
+
+
+def _worker(path, values, speed, offline, queue):
+    import resource
+
+    import numpy as np
+    import torch
+
+    from gadgets.images import image_frame
+    from gadgets.replay import replay
+    from recon_core.config import ReconConfig
+    from recon_core.evaluation import score
+    from recon_core.mrd import read_images
+    from recon_core.simulate import REFERENCE_GROUP
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    cfg = ReconConfig.from_mapping(values)
+    s = replay(path, cfg, realtime=True, speed=speed)
+    images = s.pop("images_list")
+    result = {k: v for k, v in s.items()}
+    result["latencies_ms"] = None
+    try:
+        reference = np.stack([image_frame(i) for i in read_images(path, REFERENCE_GROUP)])
+        by_frame = {int(i.meta["rtcine_frame"]): image_frame(i) for i in images}
+        idx = sorted(k for k in by_frame if k < len(reference))
+        q = score(np.stack([by_frame[k] for k in idx]), reference[idx], roi=True)["mean"]
+        result.update(psnr=q["psnr"], ssim=q["ssim"])
+    except Exception as exc:  # a file without references: timing only
+        result.update(psnr=float("nan"), ssim=float("nan"), quality_error=str(exc))
+    result["iterations_per_frame"] = s["iterations_mean"]
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    if offline and cfg.recon == "imunne":
+        result["offline_psnr"] = _offline_psnr(path, cfg)
+    queue.put(result)
+
+
+def _offline_psnr(path, cfg):
+    import numpy as np
+
+    from gadgets.frames_from_file import load_frames
+    from gadgets.images import image_frame
+    from recon_core.coils import calibration_images, espirit_maps
+    from recon_core.evaluation import network_method, score
+    from recon_core.mrd import read_images
+    from recon_core.networks.streaming import load_model
+    from recon_core.simulate import REFERENCE_GROUP
+
+    protocol, frames = load_frames(path, cfg)
+    frames = [f for f in frames if not f.partial]
+    kspace = np.stack([f.kspace for f in frames])
+    coords = np.stack([f.coords for f in frames])
+    t, c, s, r = kspace.shape
+    calib = min(cfg.calibration_frames, t)
+    maps = espirit_maps(calibration_images(kspace[:calib].transpose(0, 2, 1, 3).reshape(-1, c, r),
+                                           coords[:calib].reshape(-1, r, 2), (protocol.matrix, protocol.matrix)))
+    model, _ = load_model(cfg.model, "cpu")
+    images = network_method(model, max_iter=50, tol=1e-4)(kspace, coords, maps)
+    reference = np.stack([image_frame(i) for i in read_images(path, REFERENCE_GROUP)])
+    return score(images, reference[:len(images)], roi=True)["mean"]["psnr"]
+
+
+def run(args) -> int:
+    overrides = {}
+    for item in args.set:
+        k, v = item.split("=", 1)
+        overrides[k.strip()] = v.strip()
+    ctx = mp.get_context("spawn")
+    results = {}
+    for name in args.methods.split(","):
+        if name not in PRESETS:
+            raise ValueError(f"unknown method preset {name!r}; expected one of {sorted(PRESETS)}")
+        values = dict(PRESETS[name], device=args.device, **overrides)
+        if args.model and values["recon"] == "imunne":
+            values["model"] = args.model
+        queue = ctx.Queue()
+        proc = ctx.Process(target=_worker, args=(args.input, values, args.speed, not args.no_offline, queue))
+        proc.start()
+        print(f"bench {name} ...", flush=True)
+        results[name] = queue.get()
+        proc.join()
+    _print(results)
+    _histogram(results, args.histogram)
+    print(f"latency histogram: {args.histogram}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1, default=float)
+    return 0
+
+
+def _print(results):
+    head = (f"{'method':12s} {'p50':>6s} {'p95':>6s} {'p99':>6s} {'max':>7s} {'fps':>6s} {'ratio':>6s} "
+            f"{'iter':>5s} {'skip':>4s} {'RSS MB':>7s} {'PSNR':>6s} {'offline':>7s}")
+    print("latency in ms from a frame's last spoke to its image; ratio = output fps / acquisition fps")
+    print(head)
+    for name, r in results.items():
+        lat = r["latency_ms"]
+        ratio = r["output_fps"] / r["acquisition_fps"] if r["acquisition_fps"] else float("nan")
+        print(f"{name:12s} {lat['p50']:6.1f} {lat['p95']:6.1f} {lat['p99']:6.1f} {lat['max']:7.1f} "
+              f"{r['output_fps']:6.1f} {ratio:6.2f} {r['iterations_per_frame']:5.1f} {r['skipped_frames']:4d} "
+              f"{r['peak_rss_mb']:7.0f} {r['psnr']:6.2f} {r.get('offline_psnr', float('nan')):7.2f}")
+
+
+def _histogram(results, png):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for name, r in results.items():
+        lat = r.get("latency_list") or []
+        if lat:
+            ax.hist(lat, bins=40, alpha=0.5, label=name)
+    ax.set_xlabel("latency from last spoke to image (ms)")
+    ax.set_ylabel("frames")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=90)
+    plt.close(fig)
