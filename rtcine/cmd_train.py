@@ -1,6 +1,9 @@
-"""``rtcine train``: train IMUNNE, Alt-UN or CU-Net on simulated data.
+"""``rtcine train``: train IMUNNE, Alt-UN, CU-Net, DUNE or FLAT on simulated data.
 
     rtcine train --model imunne --data runs/data --out runs/imunne [--train-scans 80 --steps 1200 ...]
+    rtcine train --model dune --blocks 4 [--dc heuristic]          # DUNE, K = --blocks iterations
+    rtcine train --model flat --blocks 4 [--schedule cosine]       # FLAT, K = --blocks Euler steps
+    rtcine train --model altun --supervision ssdu                  # any model, self-supervised (SSDU)
 
 Builds the training/validation splits in ``--data`` first if they are missing (resumable),
 then trains with a progress bar, validates every ``--validate-every`` steps, checkpoints
@@ -11,10 +14,10 @@ from __future__ import annotations
 
 
 def add_parser(sub):
-    p = sub.add_parser("train", help="train a network (imunne, altun, cunet) on simulated scans")
-    p.add_argument("--model", choices=("imunne", "altun", "cunet"), default="imunne")
+    p = sub.add_parser("train", help="train a network (imunne, altun, cunet, dune, flat) on simulated scans")
+    p.add_argument("--model", choices=("imunne", "altun", "cunet", "dune", "flat"), default="imunne")
     p.add_argument("--data", default="runs/data", help="folder of prepared scans (built if missing)")
-    p.add_argument("--out", help="output folder (default runs/<model>)")
+    p.add_argument("--out", help="output folder (default runs/<model>[-heuristic][-ssdu])")
     p.add_argument("--train-scans", type=int, default=80)
     p.add_argument("--val-scans", type=int, default=6)
     p.add_argument("--steps", type=int, default=1200)
@@ -23,7 +26,12 @@ def add_parser(sub):
     p.add_argument("--levels", type=int, default=2)
     p.add_argument("--max-iter", type=int, default=6, help="IMUNNE fixed-point iterations in training")
     p.add_argument("--tol", type=float, default=1e-2)
-    p.add_argument("--blocks", type=int, default=4, help="Alt-UN blocks")
+    p.add_argument("--blocks", type=int, default=4, help="Alt-UN blocks, DUNE iterations, FLAT steps")
+    p.add_argument("--supervision", choices=("supervised", "ssdu"), default="supervised",
+                   help="loss: against the reference, or self-supervised by spoke splitting (SSDU)")
+    p.add_argument("--ssdu-fraction", type=float, default=0.6, help="SSDU: share of spokes in Theta")
+    p.add_argument("--dc", choices=("vjp", "heuristic"), default="vjp", help="DUNE data consistency")
+    p.add_argument("--schedule", choices=("uniform", "cosine"), default="uniform", help="FLAT time schedule")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--validate-every", type=int, default=100)
     p.add_argument("--checkpoint-every", type=int, default=50)
@@ -46,8 +54,12 @@ def run(args) -> int:
     cfg = TrainConfig(model=args.model, channels=args.channels, levels=args.levels, max_iter=args.max_iter,
                       tol=args.tol, blocks=args.blocks, window=args.window, steps=args.steps, lr=args.lr,
                       validate_every=args.validate_every, checkpoint_every=args.checkpoint_every,
-                      device=args.device, init=args.init)
-    out = args.out or f"runs/{args.model}"
+                      device=args.device, init=args.init, supervision=args.supervision,
+                      ssdu_fraction=args.ssdu_fraction, dc=args.dc, schedule=args.schedule)
+    # variants get their own default folder, so they never resume (overwrite) another run's checkpoint
+    suffix = ("-heuristic" if args.model == "dune" and args.dc == "heuristic" else "") + \
+        ("-ssdu" if args.supervision == "ssdu" else "")
+    out = args.out or f"runs/{args.model}{suffix}"
     history = train(cfg, splits["train"], splits["val"], out, resume=not args.fresh)
     t = history.get("timing", {})
     last = history["val"][-1] if history["val"] else {}

@@ -105,5 +105,8 @@ class CUNetRecon(nn.Module):
 def build_model(kind: str, **arch) -> nn.Module:
     classes = {"imunne": IMUNNE, "altun": AltUN, "cunet": CUNetRecon}
     if kind not in classes:
-        raise ValueError(f"unknown model {kind!r}; expected one of {MODELS}")
+        from . import REGISTRY, registered_class    # further kinds (DUNE, FLAT): networks/__init__.py
+        if kind in REGISTRY:
+            return registered_class(kind)(**arch)
+        raise ValueError(f"unknown model {kind!r}; expected one of {MODELS + tuple(REGISTRY)}")
     return classes[kind](**arch)

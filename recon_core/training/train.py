@@ -5,6 +5,10 @@ One step draws a random scan and a random window of ``window`` frames, builds it
 normalised :class:`~recon_core.networks.problem.Problem` (CG-SENSE start), runs the
 model and takes an Adam step on the complex L1 loss against the phase-consistent
 target. An *epoch* is as many steps as there are training scans.
+
+DUNE and FLAT (``model="dune"``/``"flat"``) and self-supervised SSDU training
+(``supervision="ssdu"``) go through the same loop; only the loss differs
+(:func:`training_loss`). Validation always scores against the reference.
 """
 from __future__ import annotations
 
@@ -48,6 +52,12 @@ class TrainConfig:
     init: str = ""               # checkpoint whose regularizer (block.net.*) initialises this model
     val_scans: int = 3
     extra: dict = field(default_factory=dict)
+    # --- DUNE / FLAT / SSDU (issue 5); the defaults leave imunne/altun/cunet training unchanged
+    supervision: str = "supervised"   # "supervised" (reference) or "ssdu" (k-space split, no reference)
+    ssdu_fraction: float = 0.6        # share of each frame's spokes in Theta (the network's DC)
+    dc: str = "vjp"                   # DUNE data consistency: "vjp" (exact) or "heuristic"
+    schedule: str = "uniform"         # FLAT time schedule: "uniform" or "cosine"
+    flat_velocity_weight: float = 1.0
 
     def arch(self) -> dict:
         a = {"channels": self.channels, "levels": self.levels, "unshuffle": self.unshuffle, "eta": self.eta}
@@ -55,6 +65,10 @@ class TrainConfig:
             a.update(max_iter=self.max_iter, tol=self.tol)
         if self.model == "altun":
             a.update(blocks=self.blocks)
+        if self.model == "dune":
+            a.update(iterations=self.blocks, dc=self.dc)
+        if self.model == "flat":
+            a.update(steps=self.blocks, schedule=self.schedule)
         return a
 
 
@@ -82,6 +96,33 @@ def evaluate_model(model, scans, cg_start_iterations=3, device="cpu", window=Non
     model.train()
     r = np.array(rows, dtype=float)
     return {"psnr": float(r[:, 0].mean()), "ssim": float(r[:, 1].mean()), "iterations": float(r[:, 2].mean())}
+
+
+def training_loss(cfg: TrainConfig, model, k, c, m, target, step: int = 0):
+    """The loss of one training window, chosen by ``cfg``: ``(loss, info)``.
+
+    - ``supervision="ssdu"``: :func:`~recon_core.training.ssdu.ssdu_step` (the Problem on a
+      seeded 60/40 spoke split, k-space loss on the held-out spokes; ``target`` unused);
+      the split's seed is ``(seed, step)``, so a resumed run draws the same splits;
+    - ``model="flat"``: :func:`~recon_core.networks.flat.flat_loss` (velocity alignment +
+      final complex L1);
+    - otherwise (imunne, altun, cunet, dune): complex L1 against the target, as always.
+    """
+    if cfg.supervision == "ssdu":
+        from .ssdu import ssdu_step
+        gen = torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + int(step))
+        return ssdu_step(model, k, c, m, cfg.ssdu_fraction, gen, cfg.cg_start_iterations, return_info=True)
+    if cfg.supervision != "supervised":
+        raise ValueError(f"supervision={cfg.supervision!r}: expected 'supervised' or 'ssdu'")
+    with torch.no_grad():
+        problem = make_problem(k, c, m, cg_iterations=cfg.cg_start_iterations)
+    x, info = model(problem)
+    if cfg.model == "flat":
+        from ..networks.flat import flat_loss
+        return flat_loss(info["states"], problem.x0, target / problem.scale, times=info["times"],
+                         velocity_weight=cfg.flat_velocity_weight), info
+    loss = (x - target / problem.scale).abs().mean()
+    return loss, info
 
 
 def peak_rss_mb() -> float:
@@ -134,10 +175,7 @@ def train(cfg: TrainConfig, train_paths, val_paths, out_dir: str, resume: bool =
         t_total = scan["kspace"].shape[0]
         first = int(rng.integers(0, t_total - cfg.window + 1))
         k, c, m, target = _tensors(scan, device, slice(first, first + cfg.window))
-        with torch.no_grad():
-            problem = make_problem(k, c, m, cg_iterations=cfg.cg_start_iterations)
-        x, info = model(problem)
-        loss = (x - target / problem.scale).abs().mean()
+        loss, info = training_loss(cfg, model, k, c, m, target, step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -180,7 +218,12 @@ def training_curve(history: dict, png: str) -> None:
     fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
     ax[0].plot(history["step"], history["loss"])
     ax[0].set_xlabel("step")
-    ax[0].set_ylabel("training loss (complex L1)")
+    label = "complex L1"
+    if history["config"].get("supervision") == "ssdu":
+        label = "k-space L1+L2, SSDU"
+    elif history["config"].get("model") == "flat":
+        label = "flow-aligned"
+    ax[0].set_ylabel(f"training loss ({label})")
     ax[0].set_yscale("log")
     if history["val"]:
         ax[1].plot([v["step"] for v in history["val"]], [v["psnr"] for v in history["val"]], "o-")

@@ -1,0 +1,162 @@
+"""FLAT: the unrolled network as a forward-Euler probability-flow ODE, with flow-aligned
+training (document 002, METHODS.md "FLAT").
+
+Times ``1 = t_0 > t_1 > ... > t_K = 0`` (:func:`flat_schedule`) and Euler steps
+
+    x_{k+1} = x_k + (t_{k+1} - t_k) v_theta(x_k, t_k, y),      dt_k = t_{k+1} - t_k < 0,
+
+    v_theta(x, t, y) = alpha * A^H (A x - y_w) / L + U_theta(x, t).
+
+Since ``dt_k < 0``, a positive ``alpha`` moves ``x`` down the data-consistency gradient;
+``U_theta`` is a CU-Net (:class:`TimeCUNet`) that sees ``t`` as an extra constant input
+channel. The step sizes are the schedule's, not free parameters; the only learned scalar
+is ``alpha = softplus(.)``, initialised to ``eta * K`` so that with the uniform schedule
+the untrained network (``U = 0`` at initialisation) is plain gradient descent with step
+``eta`` (as the untrained Alt-UN).
+
+Flow-aligned training (:func:`flat_loss`): along the ideal straight path
+``x_t = t x_0 + (1 - t) x_ref`` the velocity is ``v* = dx_t/dt = x_0 - x_ref``; the loss is
+``sum_k mean |v_k - v*|^2`` over the steps plus the usual final complex L1 loss, with
+``v_k = (x_{k+1} - x_k) / dt_k`` recovered exactly from the returned states.
+
+``forward(problem)`` returns ``(x_K, info)`` with ``info["states"] = [x_0, ..., x_K]`` and
+``info["times"] = [t_0, ..., t_K]`` (normalised units, like the other networks);
+:func:`psnr_per_step` turns the states into the per-step PSNR curve.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .cunet import CUNet, Stage, _depth_to_space, _space_to_depth
+from .problem import Problem
+
+SCHEDULES = ("uniform", "cosine")
+
+
+def flat_schedule(steps: int, kind: str = "uniform") -> tuple[torch.Tensor, torch.Tensor]:
+    """Times ``t (K+1,)`` from 1 down to 0 and steps ``dt (K,) = t[1:] - t[:-1]`` (negative,
+    summing to -1), float64.
+
+    - ``uniform``: ``t_k = 1 - k/K`` (equal steps);
+    - ``cosine``:  ``t_k = (1 + cos(pi k / K)) / 2`` (small steps at both ends, large in the
+      middle; strictly decreasing for ``K >= 1``).
+    """
+    if steps < 1:
+        raise ValueError("steps must be >= 1")
+    s = torch.arange(steps + 1, dtype=torch.float64) / steps
+    if kind == "uniform":
+        t = 1.0 - s
+    elif kind == "cosine":
+        t = 0.5 * (1.0 + torch.cos(math.pi * s))
+    else:
+        raise ValueError(f"unknown schedule {kind!r}; expected one of {SCHEDULES}")
+    t[0], t[-1] = 1.0, 0.0
+    return t, t[1:] - t[:-1]
+
+
+class TimeCUNet(CUNet):
+    """:class:`~recon_core.networks.cunet.CUNet` with the time ``t`` as one more input channel
+    (constant over the window, appended after space-to-depth); zero output at initialisation."""
+
+    def __init__(self, channels: int = 16, levels: int = 2, unshuffle: int = 2):
+        super().__init__(channels, levels, unshuffle)
+        self.enc[0] = Stage(2 * unshuffle ** 2 + 1, channels)
+
+    def forward(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+        """complex (B, T, Y, X), scalar t -> complex (B, T, Y, X)."""
+        h = _space_to_depth(torch.stack([x.real, x.imag], dim=1), self.unshuffle)
+        tc = torch.as_tensor(t, dtype=h.dtype, device=h.device).expand(h.shape[0], 1, *h.shape[2:])
+        h = torch.cat([h, tc], dim=1)
+        skips = []
+        for i, stage in enumerate(self.enc):
+            if i > 0:
+                h = F.avg_pool3d(h, (1, 2, 2))
+            h = stage(h)
+            skips.append(h)
+        for i in reversed(range(self.levels - 1)):
+            h = self.dec[i](self.up[i](h) + skips[i])
+        h = _depth_to_space(self.final(h), self.unshuffle)
+        return torch.complex(h[:, 0], h[:, 1])
+
+
+class Velocity(nn.Module):
+    """``v_theta(x, t, y) = alpha A^H(A x - y_w)/L + U_theta(x, t)``."""
+
+    def __init__(self, channels=16, levels=2, unshuffle=2, alpha: float = 4.0):
+        super().__init__()
+        self.net = TimeCUNet(channels, levels, unshuffle)
+        self.alpha_raw = nn.Parameter(torch.tensor(float(torch.log(torch.expm1(torch.tensor(float(alpha)))))))
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        return F.softplus(self.alpha_raw)
+
+    def forward(self, x: torch.Tensor, t: float, problem: Problem) -> torch.Tensor:
+        return self.alpha * problem.gradient(x) + self.net(x[None], t)[0]
+
+
+class FLAT(nn.Module):
+    kind = "flat"
+
+    def __init__(self, channels=16, levels=2, unshuffle=2, eta: float = 1.0, steps: int = 4,
+                 schedule: str = "uniform"):
+        super().__init__()
+        flat_schedule(steps, schedule)                       # validate
+        self.steps, self.schedule = steps, schedule
+        self.velocity = Velocity(channels, levels, unshuffle, alpha=eta * steps)
+
+    def forward(self, problem: Problem, x_init=None, steps: int | None = None, **_):
+        x = problem.x0 if x_init is None else x_init
+        times, dts = flat_schedule(steps or self.steps, self.schedule)
+        states = [x]
+        for k in range(len(dts)):
+            x = x + float(dts[k]) * self.velocity(x, float(times[k]), problem)
+            states.append(x)
+        return x, {"iterations": len(dts), "states": states, "times": times.tolist()}
+
+
+def flat_loss(states, x0: torch.Tensor, x_ref: torch.Tensor, times=None, schedule: str = "uniform",
+              velocity_weight: float = 1.0, final_weight: float = 1.0, return_terms: bool = False):
+    """Flow-aligned loss of a FLAT trajectory ``states = [x_0, ..., x_K]``.
+
+        v_k  = (x_{k+1} - x_k) / (t_{k+1} - t_k)       (= v_theta(x_k, t_k), exactly)
+        v*   = x_0 - x_ref                              (velocity of x_t = t x_0 + (1-t) x_ref)
+        loss = velocity_weight * sum_k mean |v_k - v*|^2 + final_weight * mean |x_K - x_ref|
+
+    ``times``: the ``t_k`` used (``info["times"]``), else ``flat_schedule(K, schedule)``.
+    The velocity term is a sum over steps of the per-pixel mean squared complex error (so
+    its size does not depend on the image size); the final term is the complex L1 loss of
+    the supervised training loop. Zero iff the states lie on the straight path and end at
+    ``x_ref``. ``return_terms``: also return ``(velocity_term, final_term)``.
+    """
+    k = len(states) - 1
+    t = torch.as_tensor(flat_schedule(k, schedule)[0] if times is None else times, dtype=torch.float64)
+    if t.numel() != k + 1:
+        raise ValueError(f"{k + 1} states but {t.numel()} times")
+    v_star = x0 - x_ref
+    velocity = x0.new_zeros((), dtype=x0.real.dtype)
+    for i in range(k):
+        v = (states[i + 1] - states[i]) / float(t[i + 1] - t[i])
+        velocity = velocity + (v - v_star).abs().pow(2).mean()
+    final = (states[-1] - x_ref).abs().mean()
+    loss = velocity_weight * velocity + final_weight * final
+    return (loss, velocity.detach(), final.detach()) if return_terms else loss
+
+
+def psnr_per_step(states, reference) -> list[float]:
+    """PSNR (dB, magnitude, LS-scaled to the reference, mean over frames) of every state
+    ``x_0 .. x_K``; ``reference`` ``(T, Y, X)`` (numpy or torch). The scalar normalisation
+    of the states does not matter (least-squares intensity scaling)."""
+    from ..metrics import psnr
+
+    ref = reference.detach().cpu().numpy() if torch.is_tensor(reference) else np.asarray(reference)
+    out = []
+    for s in states:
+        x = s.detach().cpu().numpy()
+        out.append(float(np.mean([psnr(a, b) for a, b in zip(x, ref)])))
+    return out
