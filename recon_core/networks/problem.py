@@ -61,3 +61,30 @@ def make_problem(kspace: torch.Tensor, coords: torch.Tensor, maps: torch.Tensor,
     if scale is None:
         scale = float(torch.quantile(x0.abs().flatten()[::7], 0.99).clamp_min(1e-12))
     return Problem(op, y_w / scale, rhs / scale, x0 / scale, scale)
+
+
+class FrameCache:
+    """Per-frame parts of a scan's problems, computed once: Toeplitz kernels, ``A^H y_w``,
+    the CG-SENSE start and the density weights of every frame (each frame's CG-SENSE is
+    independent of the others, so a window's start is the slice of these). Training
+    draws many windows from the same scans; with this cache a window costs no NUFFT.
+
+    kspace ``(T, C, S, R)``, coords ``(T, S, R, 2)``, maps ``(C, Y, X)``.
+    """
+
+    def __init__(self, kspace: torch.Tensor, coords: torch.Tensor, maps: torch.Tensor, cg_iterations: int = 3):
+        op = make_operator(coords, maps, toeplitz=True)
+        self.maps = maps
+        self.coords = op.coords
+        self.weights = op.weights
+        self.kernel = op.kernel
+        self.y_w = op.weigh(flatten_kspace(kspace))
+        self.rhs = op.adjoint(self.y_w)
+        self.x0 = conjugate_gradient(op.normal, self.rhs, iterations=cg_iterations)
+
+    def problem(self, frames: slice) -> Problem:
+        """The normalised Problem of the window ``frames`` (same as :func:`make_problem`)."""
+        op = RadialSense(self.coords[frames], self.maps, self.weights[frames], kernel=self.kernel[frames])
+        x0 = self.x0[frames]
+        scale = float(torch.quantile(x0.abs().flatten()[::7], 0.99).clamp_min(1e-12))
+        return Problem(op, self.y_w[frames] / scale, self.rhs[frames] / scale, x0 / scale, scale)

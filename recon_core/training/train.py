@@ -98,7 +98,7 @@ def evaluate_model(model, scans, cg_start_iterations=3, device="cpu", window=Non
     return {"psnr": float(r[:, 0].mean()), "ssim": float(r[:, 1].mean()), "iterations": float(r[:, 2].mean())}
 
 
-def training_loss(cfg: TrainConfig, model, k, c, m, target, step: int = 0):
+def training_loss(cfg: TrainConfig, model, k, c, m, target, step: int = 0, problem=None):
     """The loss of one training window, chosen by ``cfg``: ``(loss, info)``.
 
     - ``supervision="ssdu"``: :func:`~recon_core.training.ssdu.ssdu_step` (the Problem on a
@@ -114,8 +114,9 @@ def training_loss(cfg: TrainConfig, model, k, c, m, target, step: int = 0):
         return ssdu_step(model, k, c, m, cfg.ssdu_fraction, gen, cfg.cg_start_iterations, return_info=True)
     if cfg.supervision != "supervised":
         raise ValueError(f"supervision={cfg.supervision!r}: expected 'supervised' or 'ssdu'")
-    with torch.no_grad():
-        problem = make_problem(k, c, m, cg_iterations=cfg.cg_start_iterations)
+    if problem is None:
+        with torch.no_grad():
+            problem = make_problem(k, c, m, cg_iterations=cfg.cg_start_iterations)
     x, info = model(problem)
     if cfg.model == "flat":
         from ..networks.flat import flat_loss
@@ -123,6 +124,13 @@ def training_loss(cfg: TrainConfig, model, k, c, m, target, step: int = 0):
                          velocity_weight=cfg.flat_velocity_weight), info
     loss = (x - target / problem.scale).abs().mean()
     return loss, info
+
+
+def tqdm_or_list(items, progress, desc):
+    if not progress:
+        return items
+    from tqdm import tqdm
+    return tqdm(items, desc=desc, unit="scan")
 
 
 def peak_rss_mb() -> float:
@@ -136,6 +144,15 @@ def train(cfg: TrainConfig, train_paths, val_paths, out_dir: str, resume: bool =
     rng = np.random.default_rng(cfg.seed)
     device = torch.device(cfg.device)
     scans = [load_scan(p) for p in train_paths]
+    caches = None
+    if cfg.supervision == "supervised":
+        # per-frame kernels, A^H y and CG starts once per scan: a training window then costs no NUFFT
+        from ..networks.problem import FrameCache
+        caches = []
+        with torch.no_grad():
+            for scan in (tqdm_or_list(scans, progress, "cache")):
+                k, c, m, _ = _tensors(scan, device)
+                caches.append(FrameCache(k, c, m, cfg.cg_start_iterations))
     val = [load_scan(p) for p in val_paths[:cfg.val_scans]]
     rss_data = peak_rss_mb()
     model = build_model(cfg.model, **cfg.arch()).to(device).train()
@@ -171,11 +188,14 @@ def train(cfg: TrainConfig, train_paths, val_paths, out_dir: str, resume: bool =
     losses = []
     for step in range(start_step + 1, cfg.steps + 1):
         t0 = time.perf_counter()
-        scan = scans[rng.integers(len(scans))]
+        which = rng.integers(len(scans))
+        scan = scans[which]
         t_total = scan["kspace"].shape[0]
         first = int(rng.integers(0, t_total - cfg.window + 1))
         k, c, m, target = _tensors(scan, device, slice(first, first + cfg.window))
-        loss, info = training_loss(cfg, model, k, c, m, target, step)
+        window = slice(first, first + cfg.window)
+        problem = caches[which].problem(window) if caches is not None else None
+        loss, info = training_loss(cfg, model, k, c, m, target, step, problem)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
