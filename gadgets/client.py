@@ -16,7 +16,11 @@ messages) until the server's CLOSE. The latency of a frame runs from the moment 
 spoke was written to the socket to the moment its image (``image_index = frame + 1``)
 was received. Frames are counted as our chain counts them (``gadgets.frames``): a frame
 every ``frame_stride`` spokes once ``spokes_per_frame`` spokes are in, with the values of
-the chain's ``<configuration>`` when the chain is a local file, else the header's.
+the chain's ``<configuration>`` when the chain is a local file, else the header's (the
+chain frames by count, not by ``ACQ_LAST_IN_REPETITION``; in our simulated files the
+two agree). A trailing partial frame counts when its image comes back.
+
+Usage: ``rtcine replay IN.h5 --server HOST:PORT --chain chains/rtcine_cgsense.xml [--realtime]``.
 """
 from __future__ import annotations
 

@@ -94,9 +94,14 @@ def protocol_from_header(header: xsd.ismrmrdHeader) -> RadialProtocol:
         linear_interleaves=int(longs.get("linear_interleaves", 4)), frames=frames)
 
 
-def make_header(p: RadialProtocol, measurement_id: str = "rtcine_sim_0001",
+def make_header(p: RadialProtocol, measurement_id: str = "rtcinesim_phantom_session_0001",
                 receiver_bandwidth: float = 0.793) -> xsd.ismrmrdHeader:
-    """A complete ISMRMRD header for a simulated radial cine (one slice, frames as repetitions)."""
+    """A complete ISMRMRD header for a simulated radial cine (one slice, frames as repetitions).
+
+    Two details matter to a real Gadgetron 4.7: no ``<version>`` element (its ISMRMRD
+    library refuses a header whose version differs from its own schema's), and a
+    measurement ID of the scanner form ``DEVICE_SUBJECT_SESSION_MEAS`` (NoiseAdjustGadget
+    derives its storage subject from it and fails without one)."""
     def space(n, fov):
         return xsd.encodingSpaceType(matrixSize=xsd.matrixSizeType(x=n, y=n, z=1),
                                      fieldOfView_mm=xsd.fieldOfViewMm(x=fov, y=fov, z=8.0))
@@ -120,7 +125,6 @@ def make_header(p: RadialProtocol, measurement_id: str = "rtcine_sim_0001",
         encodedSpace=space(p.samples, 2 * p.fov_mm), reconSpace=space(p.matrix, p.fov_mm),
         encodingLimits=limits, trajectory=xsd.trajectoryType.RADIAL, trajectoryDescription=desc)
     return xsd.ismrmrdHeader(
-        version=1,
         measurementInformation=xsd.measurementInformationType(
             measurementID=measurement_id, patientPosition=xsd.patientPositionType.HFS,
             protocolName="rtcine_radial_bssfp", measurementDependency=[]),

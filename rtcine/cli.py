@@ -228,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="demo_output")
     d.add_argument("--frames", type=int, default=24)
     d.add_argument("--seed", type=int, default=1000)
-    d.add_argument("--recons", default="gridding,cgsense", help="comma-separated methods")
+    d.add_argument("--recons", default="gridding,cgsense,imunne", help="comma-separated methods")
     d.add_argument("-q", "--quiet", action="store_true")
     d.set_defaults(func=cmd_demo)
 
