@@ -25,9 +25,11 @@ log = logging.getLogger("rtcine.recon")
 class ClassicalRecon:
     """Gridding or CG-SENSE, one frame at a time."""
 
-    def __init__(self, name: str, cfg, device: torch.device):
+    def __init__(self, name: str, cfg, device: torch.device, fallback: str = ""):
         self.name, self.cfg, self.device = name, cfg, device
         self.reduced = False            # set by the overload guard
+        self.held = False
+        self.fallback = fallback        # why this replaces the asked reconstruction ("" if it does not)
 
     def push(self, frame: Frame, maps: torch.Tensor):
         kspace = torch.from_numpy(frame.kspace[None]).to(self.device)
@@ -39,6 +41,8 @@ class ClassicalRecon:
             iterations = max(1, self.cfg.cg_iterations // 4) if self.reduced else self.cfg.cg_iterations
             image = rc.cg_sense(kspace, coords, maps, iterations, self.cfg.cg_lambda)
             info = {"recon": "cgsense", "iterations": iterations}
+        if self.fallback:
+            info["fallback"] = self.fallback
         return [(frame, image[0].cpu().numpy(), info)]
 
     def flush(self):
@@ -52,12 +56,32 @@ RECONSTRUCTORS = {
 }
 
 
+#: errors of a network factory that mean "the model cannot be loaded" (missing, corrupt,
+#: of the wrong kind): the chain then falls back to CG-SENSE
+MODEL_ERRORS = (FileNotFoundError, ValueError, OSError, KeyError, RuntimeError)
+
+
 def make_reconstructor(cfg, device, protocol):
+    """The frame reconstructor ``cfg.recon`` names.
+
+    Policy for a network whose model file is missing or cannot be loaded (corrupt, or not
+    a streaming network): fall back to CG-SENSE rather than refuse the stream. The patient
+    is in the scanner and a real-time scan cannot wait for a fixed model file; the images
+    say what happened (meta ``rtcine_recon=cgsense``, ``rtcine_fallback=<the cause>``),
+    the log says it at ERROR, and ``stats.fallback`` keeps it.
+    """
     if cfg.recon not in RECONSTRUCTORS:
         # networks live in recon_core.networks and register on import
         from recon_core.networks import streaming  # noqa: F401  (registers "imunne")
         RECONSTRUCTORS.update(streaming.RECONSTRUCTORS)
-    return RECONSTRUCTORS[cfg.recon](cfg, device, protocol)
+    if cfg.recon in ("gridding", "cgsense"):
+        return RECONSTRUCTORS[cfg.recon](cfg, device, protocol)
+    try:
+        return RECONSTRUCTORS[cfg.recon](cfg, device, protocol)
+    except MODEL_ERRORS as exc:
+        reason = f"{cfg.recon} model {cfg.model or '(default)'} not loaded: {type(exc).__name__}: {exc}"
+        log.error("%s; reconstructing with CG-SENSE instead (%d iterations)", reason, cfg.cg_iterations)
+        return ClassicalRecon("cgsense", cfg, device, fallback=reason)
 
 
 class OverloadGuard:
@@ -116,6 +140,7 @@ def reconstruct_frames(items, cfg, protocol, stats, clock=time.perf_counter):
     shape = (protocol.matrix, protocol.matrix)
     maps = CoilMapService(shape, cfg.coil_maps, cfg.calibration_frames, cfg.coil_map_refresh, cfg.device)
     recon = make_reconstructor(cfg, device, protocol)
+    stats.fallback = getattr(recon, "fallback", "")
     stride = cfg.frame_stride or protocol.spokes_per_frame
     guard = OverloadGuard(cfg, stride * protocol.tr_ms / 1e3, stats, clock)
     held: list[Frame] = []
@@ -133,6 +158,7 @@ def reconstruct_frames(items, cfg, protocol, stats, clock=time.perf_counter):
         if not guard.admit(frame, was_held):
             return
         recon.reduced = guard.reducing
+        recon.held = was_held           # frames held for the first coil maps: no deadline either
         current, source = maps.current()
         yield from finish(recon.push(frame, current), source)
 

@@ -64,6 +64,7 @@ class StreamingNetworkRecon:
         self.clock = clock
         self.emitted = 0
         self.reduced = False            # set by the chain's overload guard: one iteration per window
+        self.held = False               # set by the chain for frames held for the first coil maps
 
     # -- per-frame preparation ---------------------------------------------------------
     def _slot(self, frame, maps) -> _Slot:
@@ -90,7 +91,7 @@ class StreamingNetworkRecon:
     def _solve(self, maps, deadline_of) -> dict:
         problem = self._problem(maps)
         deadline = None
-        if self.cfg.deadline_ms > 0 and deadline_of is not None:
+        if self.cfg.deadline_ms > 0 and deadline_of is not None and not self.held:
             limit = deadline_of.arrival + self.cfg.deadline_ms / 1e3
             deadline = lambda: self.clock() >= limit           # noqa: E731
         with torch.no_grad():
