@@ -24,7 +24,7 @@ setup(
         "pillow",
     ],
     extras_require={
-        "test": ["pytest", "selenium"],
+        "test": ["pytest", "selenium", "hypothesis"],
         # MP4 export (rtcine export --mp4): a wheel with an ffmpeg binary inside
         "video": ["imageio-ffmpeg"],
     },

@@ -1,9 +1,11 @@
 """The chain: ISMRMRD items in, ISMRMRD images (and passed-through items) out.
 
-    acquisitions -> noise_adjust -> coil_compression -> frame_buffer -> reconstruct_frames -> make_image
+    acquisitions -> validate_stream -> noise_adjust -> coil_compression -> frame_buffer -> reconstruct_frames -> make_image
 
-The same function runs inside Gadgetron (``gadgets.entry.reconstruct``), behind
-``rtcine serve`` and in ``rtcine replay``.
+``validate_stream`` drops, counts and logs bad acquisitions and ends the stream early on
+faults it cannot step over (then the frames complete before are still reconstructed and
+``stats.stream_error`` says why; see gadgets/validate.py). The same function runs inside
+Gadgetron (``gadgets.entry.reconstruct``), behind ``rtcine serve`` and in ``rtcine replay``.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from .images import make_image
 from .noise import noise_adjust
 from .recon import reconstruct_frames
 from .stats import ChainStats
+from .validate import validate_stream
 
 log = logging.getLogger("rtcine.chain")
 
@@ -34,7 +37,8 @@ def run_chain(items, header, cfg, stats: ChainStats | None = None):
     log.info("chain: recon=%s, %d spokes per frame, stride %d, matrix %d, %d coils%s, device %s",
              cfg.recon, spf, stride, protocol.matrix, protocol.coils,
              f" -> {cfg.virtual_coils} virtual" if cfg.virtual_coils else "", cfg.device)
-    stream = noise_adjust(items, header, stats, enabled=cfg.prewhiten)
+    stream = validate_stream(items, header, protocol, ordering, stats)
+    stream = noise_adjust(stream, header, stats, enabled=cfg.prewhiten)
     stream = coil_compression(stream, cfg.virtual_coils, cfg.compression_spokes)
     stream = frame_buffer(stream, protocol, ordering, spf, stride, stats, cfg.min_partial_fraction)
     for out in reconstruct_frames(stream, cfg, protocol, stats):
@@ -44,3 +48,6 @@ def run_chain(items, header, cfg, stats: ChainStats | None = None):
             yield make_image(frame, image, protocol, info)
         else:
             yield out
+    if stats.frames != stats.images + stats.skipped_frames:
+        log.error("%d frames formed but %d images made and %d frames skipped", stats.frames, stats.images,
+                  stats.skipped_frames)

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import logging
 
+import ismrmrd
+
 from recon_core.config import ReconConfig
 
-from . import connection as _connection_fix  # noqa: F401  (closed-socket fix, see gadgets/connection.py)
 from .chain import run_chain
+from .connection import harden, stop_reading
 from .feeder import ThreadedSource
 from .stats import ChainStats
+from .validate import StreamError
 
 log = logging.getLogger("rtcine.entry")
 
@@ -35,24 +38,45 @@ def config_from_xml(element) -> ReconConfig:
 
 
 def handle(connection, cfg: ReconConfig | None = None) -> ChainStats:
-    """Run the chain on a gadgetron ``connection``: read items, send images and passed-on items."""
+    """Run the chain on a gadgetron ``connection``: read items, send images and passed-on items.
+
+    A fault in the input (see gadgets/validate.py: a coil count change, a truncated or
+    unknown message, a peer gone) ends the stream early: the images of the frames complete
+    before it are sent, then :class:`StreamError` is raised. Every error is logged here at
+    ERROR with its cause, and marked ``rtcine_logged`` so that callers do not repeat it.
+    """
     stats = ChainStats()
     source = None
     try:
+        harden(connection)
         cfg = cfg if cfg is not None else config_from_xml(connection.config)
         # read on a thread of its own: arrival times are stamped when items leave the socket,
         # and the bounded queue holds at most queue_size frames' worth of spokes
         source = ThreadedSource(iter(connection), maxsize=cfg.queue_size * 64)
         for item in run_chain(source, connection.header, cfg, stats):
-            connection.send(item)
+            try:
+                connection.send(item)
+            except OSError as exc:
+                what = f"image {stats.images}" if isinstance(item, ismrmrd.Image) else type(item).__name__
+                raise ConnectionError(f"could not send {what} to the peer (it closed the connection or stopped "
+                                      f"reading): {type(exc).__name__}: {exc}") from exc
+        if stats.stream_error:
+            raise StreamError(stats.stream_error)
     except Exception as exc:
         # Gadgetron shows our log; an exception here ends in a plain CLOSE on its side
-        log.error("rtcine chain failed after %d images: %s: %s", stats.images, type(exc).__name__, exc)
-        stats.errors.append(f"{type(exc).__name__}: {exc}")
+        log.error("rtcine chain failed after %d images: %s: %s (%d frames formed)", stats.images,
+                  type(exc).__name__, exc, stats.frames)
+        if not isinstance(exc, StreamError):
+            stats.errors.append(f"{type(exc).__name__}: {exc}")
+        try:
+            exc.rtcine_logged = True
+        except AttributeError:
+            pass
         raise
     finally:
         if source is not None:
             source.close()
+        stop_reading(connection)
         log.info("rtcine chain: %s", _brief(stats))
     return stats
 
@@ -60,8 +84,17 @@ def handle(connection, cfg: ReconConfig | None = None) -> ChainStats:
 def _brief(stats: ChainStats) -> str:
     s = stats.summary()
     lat = s["latency_ms"]
-    return (f"{s['spokes']} spokes, {s['frames']} frames, {s['images']} images, "
+    text = (f"{s['spokes']} spokes, {s['frames']} frames, {s['images']} images, "
             f"{s['partial_frames']} partial, latency p50 {lat['p50']:.1f} ms p95 {lat['p95']:.1f} ms")
+    problems = [f"{s[k]} {k.replace('_', ' ')}" for k in ("bad_spokes", "duplicate_spokes", "out_of_order_spokes",
+                                                          "gaps", "skipped_frames") if s[k]]
+    if problems:
+        text += "; " + ", ".join(problems)
+    if s["fallback"]:
+        text += f"; fallback: {s['fallback']}"
+    if s["stream_error"]:
+        text += f"; ended early: {s['stream_error']}"
+    return text
 
 
 def reconstruct(connection) -> None:

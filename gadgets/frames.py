@@ -65,8 +65,8 @@ def frame_buffer(items, protocol: RadialProtocol, ordering: str | None, spokes_p
         window.append((item.data.copy(), acquisition_coordinates(item, protocol, ordering), item))
         since_last += 1
         if len(window) == spokes_per_frame and (index == 0 or since_last >= stride):
-            yield _make_frame(index, window, arrival, False)
             stats.frames += 1
+            yield _make_frame(index, window, arrival, False)
             index += 1
             since_last = 0
     if index > 0 and since_last and stride < spokes_per_frame:

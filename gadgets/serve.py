@@ -4,6 +4,12 @@ Gadgetron's ``<external><connect port="P"/>`` connects to us; so do our socket t
 Unlike ``gadgetron.external.listen`` (which binds every address and serves once), this
 binds 127.0.0.1 unless another address is asked for, and serves connection after
 connection, each on its own thread, until stopped.
+
+One connection cannot hold up another: each has its own thread, its reads are bounded
+(gadgets/connection.py: sizes checked before anything is allocated), a client that stops
+reading our images is given up after ``send_timeout`` seconds, and one that sends nothing
+for ``idle_timeout`` seconds (the configuration and header included) is closed. A
+connection that fails is logged (at ERROR, with the cause) and closed; the server goes on.
 """
 from __future__ import annotations
 
@@ -11,20 +17,26 @@ import logging
 import socket
 import threading
 
-from gadgetron.external.connection import Connection
-
+from .connection import SEND_TIMEOUT_S, open_connection
 from .entry import handle
 
 log = logging.getLogger("rtcine.serve")
 
 
+#: a connection on which nothing arrives for this long is closed (s)
+IDLE_TIMEOUT_S = 600.0
+
+
 def serve(port: int, host: str = "127.0.0.1", cfg=None, max_connections: int = 0,
-          ready: threading.Event | None = None) -> None:
+          ready: threading.Event | None = None, idle_timeout: float | None = IDLE_TIMEOUT_S,
+          send_timeout: float | None = SEND_TIMEOUT_S) -> None:
     """Accept connections on ``host:port`` and run the chain on each.
 
     ``cfg``: a ReconConfig overriding the chain XML's configuration (None: use the XML's).
     ``max_connections``: stop after this many (0: serve forever). ``ready`` is set once
-    the socket listens.
+    the socket listens (``ready.port``, ``ready.address``: where). ``idle_timeout``: close
+    a connection on which nothing arrives for this many seconds (None: never);
+    ``send_timeout``: give up on a client that reads nothing for this many seconds.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     server = socket.socket(family, socket.SOCK_STREAM)
@@ -34,6 +46,7 @@ def serve(port: int, host: str = "127.0.0.1", cfg=None, max_connections: int = 0
     log.info("rtcine serving on %s:%d", host, server.getsockname()[1])
     if ready is not None:
         ready.port = server.getsockname()[1]
+        ready.address = server.getsockname()
         ready.set()
     served = 0
     threads = []
@@ -42,19 +55,30 @@ def serve(port: int, host: str = "127.0.0.1", cfg=None, max_connections: int = 0
             sock, address = server.accept()
             served += 1
             log.info("connection %d from %s", served, address)
-            t = threading.Thread(target=_serve_one, args=(sock, cfg, served), daemon=True,
-                                 name=f"rtcine-conn-{served}")
+            t = threading.Thread(target=_serve_one, args=(sock, cfg, served, idle_timeout, send_timeout),
+                                 daemon=True, name=f"rtcine-conn-{served}")
             t.start()
-            threads.append(t)
+            threads = [x for x in threads if x.is_alive()] + [t]
         for t in threads:
             t.join()
     finally:
         server.close()
 
 
-def _serve_one(sock, cfg, number):
+def _serve_one(sock, cfg, number, idle_timeout=IDLE_TIMEOUT_S, send_timeout=SEND_TIMEOUT_S):
     try:
-        with Connection(sock) as connection:
+        try:
+            connection = open_connection(sock, idle_timeout, send_timeout)
+        except Exception as exc:
+            # before the chain: a bad configuration or header, or a peer that went away
+            log.error("connection %d refused: %s: %s", number, type(exc).__name__, exc)
+            return
+        with connection:
             handle(connection, cfg)
     except Exception as exc:  # one broken connection must not stop the server
-        log.error("connection %d ended with an error: %s: %s", number, type(exc).__name__, exc)
+        if getattr(exc, "rtcine_logged", False):
+            log.info("connection %d closed after the error above", number)
+        else:
+            log.error("connection %d ended with an error: %s: %s", number, type(exc).__name__, exc)
+    finally:
+        sock.close()

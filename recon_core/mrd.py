@@ -19,6 +19,10 @@ from .trajectory import ORDERINGS, radial_coordinates, spoke_angles
 TRAJECTORY_ID = "rtcine-radial"
 #: ISMRMRD time stamps count ticks of 2.5 ms (the Siemens convention Gadgetron assumes).
 TICK_SECONDS = 2.5e-3
+#: largest reconstruction matrix and spokes per frame a header may ask for (a header is
+#: input from the network: its sizes decide what the chain allocates)
+MAX_MATRIX = 1024
+MAX_SPOKES_PER_FRAME = 4096
 
 
 class HeaderError(ValueError):
@@ -63,21 +67,31 @@ def protocol_from_header(header: xsd.ismrmrdHeader) -> RadialProtocol:
     traj = getattr(enc.trajectory, "value", enc.trajectory)
     if traj not in ("radial", "goldenangle"):
         raise HeaderError(f"trajectory is {traj!r}; this reconstruction needs 'radial'")
+    for space in ("encodedSpace", "reconSpace"):
+        if getattr(enc, space, None) is None or getattr(enc, space).matrixSize is None:
+            raise HeaderError(f"ISMRMRD header has no encoding/{space}/matrixSize")
     recon = enc.reconSpace.matrixSize
     if not recon.x or not recon.y or recon.x <= 0 or recon.y <= 0:
         raise HeaderError(f"reconstruction matrix size is {recon.x}x{recon.y}; it must be positive")
     if recon.x != recon.y:
         raise HeaderError(f"reconstruction matrix {recon.x}x{recon.y} is not square")
+    if recon.x > MAX_MATRIX:
+        raise HeaderError(f"reconstruction matrix {recon.x}x{recon.y} is larger than {MAX_MATRIX}x{MAX_MATRIX}")
     asi = header.acquisitionSystemInformation
     coils = getattr(asi, "receiverChannels", None) if asi is not None else None
     if not coils:
         raise HeaderError("acquisitionSystemInformation/receiverChannels is missing")
-    samples = int(enc.encodedSpace.matrixSize.x)
+    samples = int(enc.encodedSpace.matrixSize.x or 0)
     if samples <= 0:
         raise HeaderError(f"encoded matrix x (readout samples) is {samples}; it must be positive")
     desc = enc.trajectoryDescription
     longs = _params(desc.userParameterLong) if desc is not None else {}
     strings = _params(desc.userParameterString) if desc is not None else {}
+    spf = longs.get("spokes_per_frame", 0)
+    if not 0 <= spf <= MAX_SPOKES_PER_FRAME:
+        raise HeaderError(f"trajectoryDescription spokes_per_frame={spf}: must be in 0..{MAX_SPOKES_PER_FRAME}")
+    if longs.get("linear_interleaves", 4) < 1:
+        raise HeaderError(f"trajectoryDescription linear_interleaves={longs['linear_interleaves']}: must be >= 1")
     ordering = strings.get("ordering")
     if ordering is not None and ordering not in ORDERINGS:
         raise HeaderError(f"trajectoryDescription ordering {ordering!r} is not one of {ORDERINGS}")
