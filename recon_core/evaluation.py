@@ -56,7 +56,9 @@ def add_kspace_noise(kspace: np.ndarray, level: float, seed: int = 0) -> np.ndar
 
 
 def classical_methods(cg_iterations: int = 8) -> dict:
-    """name -> fn(kspace, coords, maps) -> images, for the whole scan at once (numpy in/out)."""
+    """name -> fn(kspace, coords, maps) -> images, for the whole scan at once (numpy in/out):
+    gridding, CG-SENSE, and compressed sensing (temporal TV at its validated default weight,
+    :mod:`recon_core.compressed_sensing`)."""
     from .reconstructors import cg_sense, gridding
 
     def wrap(f):
@@ -65,8 +67,11 @@ def classical_methods(cg_iterations: int = 8) -> dict:
                 return f(torch.from_numpy(kspace), torch.from_numpy(coords), torch.from_numpy(maps)).numpy()
         return run
 
+    from .compressed_sensing import temporal_tv
+
     return {"gridding": wrap(gridding),
-            "cgsense": wrap(lambda k, c, m: cg_sense(k, c, m, iterations=cg_iterations))}
+            "cgsense": wrap(lambda k, c, m: cg_sense(k, c, m, iterations=cg_iterations)),
+            "cs": wrap(temporal_tv)}
 
 
 def network_method(model, cg_start_iterations: int = 3, **kwargs):

@@ -20,7 +20,7 @@ def add_parser(sub):
     p.add_argument("--data", default="runs/data")
     p.add_argument("--split", default="test", help="test (standard protocol) or test-ood (unseen settings)")
     p.add_argument("--scans", type=int, default=0, help="use only the first N scans (0: all)")
-    p.add_argument("--methods", default="gridding,cgsense,cunet,altun,imunne")
+    p.add_argument("--methods", default="gridding,cgsense,cs,cunet,altun,imunne")
     p.add_argument("--models", default=os.path.join(os.path.dirname(os.path.dirname(__file__)), "recon_core",
                                                     "models"))
     p.add_argument("--model", action="append", default=[], metavar="KIND=PATH")
@@ -54,11 +54,6 @@ def run(args) -> int:
                                 f"build_split('{args.data}', '{args.split}', 8)\")")
     scans = [load_scan(f) for f in files]
     available = classical_methods()
-    try:
-        from recon_core.compressed_sensing import cs_method
-        available["cs"] = cs_method()
-    except ImportError:
-        pass
     paths = _model_paths(args)
     methods = {}
     for name in args.methods.split(","):
@@ -66,7 +61,9 @@ def run(args) -> int:
             methods[name] = available[name]
         elif name in paths:
             model, meta, _ = load_checkpoint(paths[name])
-            methods[name] = network_method(model)
+            # the implicit network runs to its fixed point (30 iterations, tol 1e-3)
+            kw = {"max_iter": 30, "tol": 1e-3} if meta["kind"] == "imunne" else {}
+            methods[name] = network_method(model, **kw)
         else:
             raise ValueError(f"unknown method {name!r}")
     results = {}
