@@ -37,6 +37,8 @@ def add_parser(sub):
     p.add_argument("--checkpoint-every", type=int, default=50)
     p.add_argument("--device", default="cpu")
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in --out")
+    p.add_argument("--fixed-point-weight", type=float, default=0.0,
+                   help="IMUNNE: weight of the fixed-point residual |R(x*) - x*| in the loss")
     p.add_argument("--init", default="", help="initialise the regularizer from this checkpoint (e.g. a CU-Net)")
     p.set_defaults(func=run)
 
@@ -54,7 +56,8 @@ def run(args) -> int:
     cfg = TrainConfig(model=args.model, channels=args.channels, levels=args.levels, max_iter=args.max_iter,
                       tol=args.tol, blocks=args.blocks, window=args.window, steps=args.steps, lr=args.lr,
                       validate_every=args.validate_every, checkpoint_every=args.checkpoint_every,
-                      device=args.device, init=args.init, supervision=args.supervision,
+                      device=args.device, init=args.init,
+                      fixed_point_weight=args.fixed_point_weight, supervision=args.supervision,
                       ssdu_fraction=args.ssdu_fraction, dc=args.dc, schedule=args.schedule)
     # variants get their own default folder, so they never resume (overwrite) another run's checkpoint
     suffix = ("-heuristic" if args.model == "dune" and args.dc == "heuristic" else "") + \

@@ -72,7 +72,8 @@ class IMUNNE(nn.Module):
             fp = fixed_point(lambda x: self.block(x, problem), start, max_iter or self.max_iter,
                              self.tol if tol is None else tol, self.anderson, deadline)
         x = self.block(fp.x.detach(), problem) if torch.is_grad_enabled() and self.training else fp.x
-        return x, {"iterations": fp.iterations, "converged": fp.converged, "changes": fp.changes}
+        return x, {"iterations": fp.iterations, "converged": fp.converged, "changes": fp.changes,
+                   "x_star": fp.x}
 
 
 class AltUN(nn.Module):

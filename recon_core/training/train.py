@@ -49,7 +49,7 @@ class TrainConfig:
     checkpoint_every: int = 50
     seed: int = 0
     device: str = "cpu"
-    init: str = ""               # checkpoint whose regularizer (block.net.*) initialises this model
+    init: str = ""               # checkpoint whose matching tensors (regularizer, step size) initialise this model
     val_scans: int = 3
     extra: dict = field(default_factory=dict)
     # --- DUNE / FLAT / SSDU (issue 5); the defaults leave imunne/altun/cunet training unchanged
@@ -58,6 +58,8 @@ class TrainConfig:
     dc: str = "vjp"                   # DUNE data consistency: "vjp" (exact) or "heuristic"
     schedule: str = "uniform"         # FLAT time schedule: "uniform" or "cosine"
     flat_velocity_weight: float = 1.0
+    # IMUNNE: weight of the fixed-point residual |R(x*) - x*| in the loss (0: plain JFB)
+    fixed_point_weight: float = 0.0
 
     def arch(self) -> dict:
         a = {"channels": self.channels, "levels": self.levels, "unshuffle": self.unshuffle, "eta": self.eta}
@@ -123,6 +125,10 @@ def training_loss(cfg: TrainConfig, model, k, c, m, target, step: int = 0, probl
         return flat_loss(info["states"], problem.x0, target / problem.scale, times=info["times"],
                          velocity_weight=cfg.flat_velocity_weight), info
     loss = (x - target / problem.scale).abs().mean()
+    if cfg.model == "imunne" and cfg.fixed_point_weight and "x_star" in info:
+        # x = R(x*) with gradients: penalising |R(x*) - x*| makes x* a fixed point in fact,
+        # i.e. keeps the learned map contractive enough for iterations beyond training's
+        loss = loss + cfg.fixed_point_weight * (x - info["x_star"]).abs().mean()
     return loss, info
 
 
@@ -158,7 +164,8 @@ def train(cfg: TrainConfig, train_paths, val_paths, out_dir: str, resume: bool =
     model = build_model(cfg.model, **cfg.arch()).to(device).train()
     if cfg.init:
         from safetensors.torch import load_file
-        init = {k: v for k, v in load_file(cfg.init).items() if k.startswith("block.net.")}
+        own = model.state_dict()
+        init = {k: v for k, v in load_file(cfg.init).items() if k in own and own[k].shape == v.shape}
         missing = model.load_state_dict(init, strict=False)
         log.info("regularizer initialised from %s (%d tensors; not from it: %s)", cfg.init, len(init),
                  missing.missing_keys)
