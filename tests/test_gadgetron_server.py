@@ -44,7 +44,7 @@ from recon_core.metrics import psnr
 CHAINS_DIR = os.path.join(REPO, "chains")
 CHAINS = sorted(glob.glob(os.path.join(CHAINS_DIR, "*.xml")))
 FRAMES, COILS, MATRIX, SPOKES, SEED = 8, 8, 64, 13, 3
-MIN_PSNR = {"cgsense": 21.5, "gridding": 18.5}
+MIN_PSNR = {"cgsense": 21.5, "gridding": 18.5, "imunne": 23.0}  # imunne measured 25.2 dB locally (cgsense 24.5)
 SAME_IMAGES_DB = 60.0
 #: gadgetron_ismrmrd_client names its output group after the local time, e.g. "2026-11-22 00:36:41"
 CLIENT_GROUP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$")
