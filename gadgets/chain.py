@@ -27,8 +27,17 @@ DEFAULT_SPOKES_PER_FRAME = 13
 
 
 def run_chain(items, header, cfg, stats: ChainStats | None = None):
-    """Yield output items for the input ``items``; counters go to ``stats``."""
+    """Yield output items for the input ``items``; counters go to ``stats``. With
+    ``cfg.view_url`` every image is also forwarded (non-blocking) to a live viewer."""
     stats = stats if stats is not None else ChainStats()
+    out = _run_chain(items, header, cfg, stats)
+    if cfg.view_url:
+        from .viewer import forward_to_viewer
+        out = forward_to_viewer(out, cfg.view_url)
+    yield from out
+
+
+def _run_chain(items, header, cfg, stats: ChainStats):
     protocol = protocol_from_header(header)
     spf = cfg.spokes_per_frame or protocol.spokes_per_frame or DEFAULT_SPOKES_PER_FRAME
     protocol.spokes_per_frame = spf

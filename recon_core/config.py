@@ -68,6 +68,8 @@ class ReconConfig:
     #: sender, as TCP does), reduce (fewer iterations), skip (drop to the newest frame)
     queue_size: int = 8
     overload: str = "none"
+    #: forward every image to a live viewer (``rtcine view``) at this URL (empty: off)
+    view_url: str = ""
 
     def __post_init__(self):
         self.validate()
@@ -89,6 +91,8 @@ class ReconConfig:
         need(0.0 < self.min_partial_fraction <= 1.0, f"min_partial_fraction={self.min_partial_fraction}: must be in (0, 1]")
         need(self.cg_lambda >= 0 and self.tolerance >= 0 and self.deadline_ms >= 0,
              "cg_lambda, tolerance and deadline_ms must be >= 0")
+        need(self.view_url == "" or self.view_url.startswith(("http://", "https://")),
+             f"view_url={self.view_url!r}: expected http://HOST:PORT/ of an `rtcine view`")
         need(self.device == "cpu" or self.device.startswith("cuda"), f"device={self.device!r}: expected cpu or cuda[:N]")
 
     @classmethod

@@ -287,3 +287,24 @@ def test_browser_plays_pushed_frames(chrome, viewer, cine_images, tmp_path):
     finally:
         stop.set()
         feeder.join(timeout=10)
+
+
+def test_chain_forwards_images_to_a_viewer_with_view_url(small_file):
+    """The chain key ``view_url`` (also a <property> in a Gadgetron chain) sends every image
+    to a running viewer, and the chain's own output is unchanged."""
+    import time
+
+    from gadgets.replay import replay
+    from recon_core.config import ReconConfig
+
+    with LiveViewer("127.0.0.1", 0, history=100) as v:
+        cfg = ReconConfig(recon="gridding", coil_maps="lowres", view_url=v.url)
+        s = replay(small_file, cfg)
+        assert s["images"] == 16
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            state = json.loads(get(v.url + "api/frames")[2])
+            if state["received"] == 16:
+                break
+            time.sleep(0.1)
+        assert state["received"] == 16
