@@ -196,10 +196,21 @@ def read_header(dset: ismrmrd.Dataset) -> xsd.ismrmrdHeader:
         raise HeaderError(f"the ISMRMRD XML header cannot be parsed: {exc}") from exc
 
 
-def read_acquisitions(dset: ismrmrd.Dataset):
-    """Yield the file's acquisitions in stored (= acquisition) order."""
-    for i in range(dset.number_of_acquisitions()):
-        yield dset.read_acquisition(i)
+def read_acquisitions(dset: ismrmrd.Dataset, chunk: int = 256):
+    """Yield the file's acquisitions in stored (= acquisition) order.
+
+    Reads ``chunk`` rows of the HDF5 table at a time: ``Dataset.read_acquisition`` does
+    three HDF5 reads per acquisition (~12 ms each here), which alone would hold a replay
+    to ~80 acquisitions/s, a quarter of scanner pace at TR 3 ms (found by profiling
+    ``rtcine bench``)."""
+    table = dset._dataset["data"]
+    for start in range(0, table.shape[0], chunk):
+        for row in table[start:start + chunk]:
+            acq = ismrmrd.Acquisition(row["head"])
+            acq.data[:] = row["data"].view(np.complex64).reshape(acq.active_channels, acq.number_of_samples)
+            if acq.traj.size > 0:
+                acq.traj[:] = row["traj"].reshape(acq.number_of_samples, acq.trajectory_dimensions)
+            yield acq
 
 
 def read_images(path: str, group: str) -> list:
