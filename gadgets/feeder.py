@@ -21,7 +21,9 @@ def arrival_time(item, clock=time.perf_counter) -> float:
 
 def paced(acquisitions, tick_seconds: float, speed: float = 1.0):
     """Yield acquisitions at the pace of their ``acquisition_time_stamp`` (ticks of
-    ``tick_seconds``), as a scanner would send them; ``speed`` > 1 replays faster."""
+    ``tick_seconds``), as a scanner would send them; ``speed`` > 1 replays faster. Each
+    is stamped with its due time as its arrival: a bounded queue downstream may hold the
+    reader back, but a scanner does not wait, so latency counts from when it was due."""
     start = None
     t0 = None
     for acq in acquisitions:
@@ -33,6 +35,10 @@ def paced(acquisitions, tick_seconds: float, speed: float = 1.0):
             delay = due - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
+            try:   # the scanner sent it at its due time, whether or not we could take it then
+                setattr(acq, ARRIVAL, due)
+            except AttributeError:
+                pass
         yield acq
 
 
@@ -56,7 +62,8 @@ class ThreadedSource:
         try:
             for item in source:
                 try:
-                    setattr(item, ARRIVAL, time.perf_counter())
+                    if getattr(item, ARRIVAL, None) is None:
+                        setattr(item, ARRIVAL, time.perf_counter())
                 except AttributeError:
                     pass
                 while not self._stop.is_set():
