@@ -77,8 +77,14 @@ class CUNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """complex (B, T, Y, X) -> complex (B, T, Y, X)."""
-        h = torch.stack([x.real, x.imag], dim=1)                  # (B, 2, T, Y, X)
-        h = _space_to_depth(h, self.unshuffle)
+        return self.unet(self.input_channels(x))
+
+    def input_channels(self, x: torch.Tensor) -> torch.Tensor:
+        """complex (B, T, Y, X) -> real (B, 2 r^2, T, Y/r, X/r): two real channels, space to depth."""
+        return _space_to_depth(torch.stack([x.real, x.imag], dim=1), self.unshuffle)
+
+    def unet(self, h: torch.Tensor) -> torch.Tensor:
+        """The U-Net on input channels ``h`` -> complex (B, T, Y, X)."""
         skips = []
         for i, stage in enumerate(self.enc):
             if i > 0:

@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .cunet import CUNet, Stage, _depth_to_space, _space_to_depth
+from .cunet import CUNet, Stage
 from .problem import Problem
 
 SCHEDULES = ("uniform", "cosine")
@@ -69,19 +69,9 @@ class TimeCUNet(CUNet):
 
     def forward(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
         """complex (B, T, Y, X), scalar t -> complex (B, T, Y, X)."""
-        h = _space_to_depth(torch.stack([x.real, x.imag], dim=1), self.unshuffle)
+        h = self.input_channels(x)
         tc = torch.as_tensor(t, dtype=h.dtype, device=h.device).expand(h.shape[0], 1, *h.shape[2:])
-        h = torch.cat([h, tc], dim=1)
-        skips = []
-        for i, stage in enumerate(self.enc):
-            if i > 0:
-                h = F.avg_pool3d(h, (1, 2, 2))
-            h = stage(h)
-            skips.append(h)
-        for i in reversed(range(self.levels - 1)):
-            h = self.dec[i](self.up[i](h) + skips[i])
-        h = _depth_to_space(self.final(h), self.unshuffle)
-        return torch.complex(h[:, 0], h[:, 1])
+        return self.unet(torch.cat([h, tc], dim=1))
 
 
 class Velocity(nn.Module):
