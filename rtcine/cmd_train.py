@@ -26,6 +26,8 @@ def add_parser(sub):
     p.add_argument("--levels", type=int, default=2)
     p.add_argument("--max-iter", type=int, default=6, help="IMUNNE fixed-point iterations in training")
     p.add_argument("--tol", type=float, default=1e-2)
+    p.add_argument("--anderson", type=int, default=0,
+                   help="IMUNNE: Anderson acceleration memory for the fixed point (0: plain iteration)")
     p.add_argument("--blocks", type=int, default=4, help="Alt-UN blocks, DUNE iterations, FLAT steps")
     p.add_argument("--supervision", choices=("supervised", "ssdu"), default="supervised",
                    help="loss: against the reference, or self-supervised by spoke splitting (SSDU)")
@@ -54,7 +56,7 @@ def run(args) -> int:
         with tqdm(total=count, desc=f"data {split}", unit="scan") as bar:
             splits[split] = build_split(args.data, split, count, progress=lambda i: bar.update(i - bar.n))
     cfg = TrainConfig(model=args.model, channels=args.channels, levels=args.levels, max_iter=args.max_iter,
-                      tol=args.tol, blocks=args.blocks, window=args.window, steps=args.steps, lr=args.lr,
+                      tol=args.tol, anderson=args.anderson, blocks=args.blocks, window=args.window, steps=args.steps, lr=args.lr,
                       validate_every=args.validate_every, checkpoint_every=args.checkpoint_every,
                       device=args.device, init=args.init,
                       fixed_point_weight=args.fixed_point_weight, supervision=args.supervision,

@@ -58,6 +58,11 @@ def _to_channels(x: torch.Tensor) -> torch.Tensor:
     return torch.stack([x.real, x.imag], dim=1)
 
 
+def _channels_first(stages: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """Apply CU-Net :class:`Stage` s (frames-major ``(B, T, C, Y, X)``) to channels-first ``h (B, C, T, Y, X)``."""
+    return stages(h.transpose(1, 2)).transpose(1, 2)
+
+
 def _softplus_inverse(v: float) -> float:
     return float(torch.log(torch.expm1(torch.tensor(float(v)))))
 
@@ -72,7 +77,7 @@ class ConvFeatures(nn.Module):
         self.out = nn.Conv3d(channels, latent, 1)
 
     def forward(self, h):
-        return self.out(self.stage(_space_to_depth(h, self.unshuffle)))
+        return self.out(_channels_first(self.stage, _space_to_depth(h, self.unshuffle)))
 
 
 class StemFeatures(nn.Module):
@@ -121,7 +126,7 @@ class Decoder(nn.Module):
         nn.init.zeros_(self.out.bias)
 
     def forward(self, z):
-        h = z[:, :self.image_channels] + self.out(self.stage(z))
+        h = z[:, :self.image_channels] + self.out(_channels_first(self.stage, z))
         h = _depth_to_space(h, self.unshuffle)
         return torch.complex(h[:, 0], h[:, 1])
 
@@ -142,7 +147,7 @@ class LatentRegularizer(nn.Module):
         nn.init.zeros_(self.out.bias)
 
     def forward(self, z):
-        return self.out(self.stages(z))
+        return self.out(_channels_first(self.stages, z))
 
 
 def _state_dict_from_file(path: str) -> dict:

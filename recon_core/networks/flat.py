@@ -70,8 +70,9 @@ class TimeCUNet(CUNet):
     def forward(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
         """complex (B, T, Y, X), scalar t -> complex (B, T, Y, X)."""
         h = self.input_channels(x)
-        tc = torch.as_tensor(t, dtype=h.dtype, device=h.device).expand(h.shape[0], 1, *h.shape[2:])
-        return self.unet(torch.cat([h, tc], dim=1))
+        b, frames, _, y, x_ = h.shape                     # (B, T, 2 r^2, Y/r, X/r)
+        tc = torch.as_tensor(t, dtype=h.dtype, device=h.device).expand(b, frames, 1, y, x_)
+        return self.unet(torch.cat([h, tc], dim=2))
 
 
 class Velocity(nn.Module):

@@ -40,6 +40,7 @@ class TrainConfig:
     eta: float = 1.0
     max_iter: int = 8            # IMUNNE fixed point during training
     tol: float = 1e-2
+    anderson: int = 0            # IMUNNE: Anderson memory of the fixed-point solver (0: plain iteration)
     blocks: int = 4              # Alt-UN
     window: int = 5
     steps: int = 1000
@@ -64,7 +65,7 @@ class TrainConfig:
     def arch(self) -> dict:
         a = {"channels": self.channels, "levels": self.levels, "unshuffle": self.unshuffle, "eta": self.eta}
         if self.model == "imunne":
-            a.update(max_iter=self.max_iter, tol=self.tol)
+            a.update(max_iter=self.max_iter, tol=self.tol, anderson=self.anderson)
         if self.model == "altun":
             a.update(blocks=self.blocks)
         if self.model == "dune":
