@@ -4,7 +4,8 @@ The calibration pool holds the spokes of the latest ``calibration_frames`` frame
 it first fills (and every ``refresh`` frames after, if asked), ESPIRiT runs on a worker
 thread; the new maps are swapped in between frames, never computed on the frame path.
 Until the first ESPIRiT maps exist, frames use low-resolution maps from the spokes
-pooled so far (a few ms), unless ``wait`` holds them back (reproducible offline runs).
+pooled so far (a few ms; recomputed each time the pool doubles), unless ``wait`` holds
+them back (reproducible offline runs).
 """
 from __future__ import annotations
 
@@ -106,7 +107,9 @@ class CoilMapService:
         self._collect()
         if self.maps is not None:
             return self.maps, self.source
-        if self._fallback_frames != self.frames_seen:
+        # recomputed when the pool has doubled (1, 2, 4, 8... frames): each new map set makes the
+        # network re-prepare its window, so maps that change every frame would cost more than they give
+        if self._fallback is None or self.frames_seen >= 2 * self._fallback_frames:
             data, coords = self._pooled()
             self._fallback = self._compute(data, coords, "lowres")
             self._fallback_frames = self.frames_seen

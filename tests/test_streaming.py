@@ -67,14 +67,22 @@ def test_tiny_deadline_still_gives_every_frame(small_file, tiny_model):
     assert all(int(i.meta["rtcine_iterations"]) == 1 for i in images)
 
 
-def test_warm_start_needs_fewer_iterations_than_cold(small_file, tmp_path):
-    """With a contractive update (regularizer at its zero start: a normalised gradient
-    step), starting each window from the previous solution saves iterations."""
-    path = str(tmp_path / "plain")
-    save_checkpoint(path, build_model("imunne", **ARCH), "imunne", ARCH)
-    warm = replay(small_file, _cfg(path + ".safetensors", max_iterations=30, tolerance=1e-2))
-    cold = replay(small_file, _cfg(path + ".safetensors", max_iterations=30, tolerance=1e-2, warm_start=False))
-    assert warm["iterations_mean"] < 0.75 * cold["iterations_mean"]
+def test_warm_start_beats_cold_start_at_the_same_iteration_budget(small_file):
+    """The shipped model, two updates per window: starting each window from the previous
+    solution (the new frame from its predecessor's estimate) gives a better image than
+    starting every window from CG-SENSE (measured +0.9 dB on this scan)."""
+    from recon_core.evaluation import score
+    from recon_core.mrd import read_images
+    from recon_core.simulate import REFERENCE_GROUP
+
+    reference = np.stack([image_frame(i) for i in read_images(small_file, REFERENCE_GROUP)])
+    psnr = {}
+    for warm in (True, False):
+        s = replay(small_file, _cfg("", max_iterations=2, tolerance=1e-6, warm_start=warm))
+        assert s["iterations_mean"] == 2
+        images = np.stack([image_frame(i) for i in s["images_list"]])
+        psnr[warm] = score(images, reference, roi=True)["mean"]["psnr"]
+    assert psnr[True] > psnr[False] + 0.4, psnr
 
 
 def test_overload_skip_accounts_for_every_frame(small_file):

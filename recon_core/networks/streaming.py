@@ -2,11 +2,15 @@
 
 Frame ``f`` is emitted once the window ``[f + L - T + 1, f + L]`` is solved (``T =
 window``, ``L = lookahead``): its image uses ``L`` frames of look-ahead and ``T - L - 1``
-of history. Per frame, the expensive parts (Toeplitz kernel, ``A^H y``, the CG-SENSE
-start) are computed once when it arrives and kept while it is in the window. The fixed
-point of each window starts from the previous window's solution shifted by one frame
-(warm start), the new frame entering with its CG-SENSE start, and stops at convergence,
-at ``max_iterations`` or at the output frame's deadline, whichever comes first.
+of history. Per frame, the expensive parts (Toeplitz kernel, ``A^H y``) are computed once
+when it arrives and kept while it is in the window. The fixed point of each window starts
+from the previous window's solution shifted by one frame (warm start); the new frame
+enters with the newest frame's current estimate (consecutive frames differ little, and the
+fixed point does not depend on the start), so no per-frame CG-SENSE start is computed.
+Cold start (``warm_start=False``) starts every window from the frames' CG-SENSE starts.
+Each window's loop stops at convergence, at ``max_iterations`` or at the output frame's
+deadline, whichever comes first; a frame is thus refined in ``L + 1`` windows before it
+is emitted (``(L + 1) x max_iterations`` updates at most).
 
 The stream's intensity scale is fixed by its first frame, so all windows share units.
 """
@@ -45,7 +49,7 @@ class _Slot:
     kernel: torch.Tensor      # (2Y, 2X)
     y_w: torch.Tensor         # (C, M), normalised
     rhs: torch.Tensor         # (Y, X), normalised
-    x0: torch.Tensor          # (Y, X) CG-SENSE start, normalised
+    x0: torch.Tensor | None   # (Y, X) CG-SENSE start, normalised (cold start only)
     x: torch.Tensor           # (Y, X) current estimate (warm start), normalised
 
 
@@ -67,24 +71,28 @@ class StreamingNetworkRecon:
         self.held = False               # set by the chain for frames held for the first coil maps
 
     # -- per-frame preparation ---------------------------------------------------------
-    def _slot(self, frame, maps) -> _Slot:
+    def _slot(self, frame, maps, start: torch.Tensor | None = None) -> _Slot:
+        """Prepare a frame; ``start`` (normalised ``(Y, X)``) replaces its CG-SENSE start."""
         kspace = torch.from_numpy(frame.kspace[None]).to(self.device)
         coords = torch.from_numpy(frame.coords[None]).to(self.device)
         op = RadialSense(coords.reshape(1, -1, 2), maps, frame_weights(coords), toeplitz=True)
         y_w = op.weigh(flatten_kspace(kspace))
         rhs = op.adjoint(y_w)
-        x0 = conjugate_gradient(op.normal, rhs, iterations=self.cg_start)
-        if self.scale is None:
-            self.scale = float(torch.quantile(x0.abs().flatten()[::7], 0.99).clamp_min(1e-12))
+        x0 = None
+        if start is None or self.scale is None:
+            x0 = conjugate_gradient(op.normal, rhs, iterations=self.cg_start)
+            if self.scale is None:
+                self.scale = float(torch.quantile(x0.abs().flatten()[::7], 0.99).clamp_min(1e-12))
+            x0 = x0[0] / self.scale
         s = self.scale
-        return _Slot(frame, op.coords[0], op.weights[0], op.kernel[0], y_w[0] / s, rhs[0] / s, x0[0] / s,
-                     x0[0] / s)
+        return _Slot(frame, op.coords[0], op.weights[0], op.kernel[0], y_w[0] / s, rhs[0] / s, x0,
+                     x0 if start is None else start)
 
     def _problem(self, maps) -> Problem:
         slots = list(self.slots)
         op = RadialSense(torch.stack([s.coords for s in slots]), maps, torch.stack([s.weights for s in slots]),
                          kernel=torch.stack([s.kernel for s in slots]))
-        x0 = torch.stack([s.x if self.cfg.warm_start else s.x0 for s in slots])
+        x0 = torch.stack([s.x for s in slots]) if self.cfg.warm_start else torch.stack([s.x0 for s in slots])
         return Problem(op, torch.stack([s.y_w for s in slots]), torch.stack([s.rhs for s in slots]), x0, self.scale)
 
     # -- solving ---------------------------------------------------------------------
@@ -115,10 +123,9 @@ class StreamingNetworkRecon:
             self.slots.clear()
             self.maps = maps
             for s in old:
-                fresh = self._slot(s.frame, maps)
-                fresh.x = s.x
-                self.slots.append(fresh)
-        self.slots.append(self._slot(frame, maps))
+                self.slots.append(self._slot(s.frame, maps, start=s.x if self.cfg.warm_start else None))
+        start = self.slots[-1].x if self.cfg.warm_start and self.slots else None
+        self.slots.append(self._slot(frame, maps, start=start))
         pos = len(self.slots) - 1 - self.lookahead   # the frame to emit now
         if pos < 0:
             return []
