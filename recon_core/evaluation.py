@@ -92,7 +92,8 @@ def network_method(model, cg_start_iterations: int = 3, **kwargs):
 
 def compare(scans: list, methods: dict, noise: float = 0.0, roi: bool = False, progress=None) -> dict:
     """Reconstruct every scan (dicts with kspace, coords, maps, reference) with every
-    method; mean PSNR/SSIM/NRMSE and seconds per frame per method."""
+    method; mean PSNR/SSIM/NRMSE, data-consistency residual ``||A x - y|| / ||y||`` (against
+    the k-space the method was given) and seconds per frame per method."""
     import time
 
     rows = {name: [] for name in methods}
@@ -104,7 +105,9 @@ def compare(scans: list, methods: dict, noise: float = 0.0, roi: bool = False, p
             dt = (time.perf_counter() - t0) / len(images)
             m = score(images, scan["reference"], roi=roi)["mean"]
             info = getattr(run, "last_info", {}) or {}
-            rows[name].append({**m, "seconds_per_frame": dt, "iterations": info.get("iterations", 0)})
+            dc = float(np.mean(data_consistency(images, kspace, scan["coords"], scan["maps"])))
+            rows[name].append({**m, "dc_residual": dc, "seconds_per_frame": dt,
+                               "iterations": info.get("iterations", 0)})
         if progress:
             progress(i + 1)
     return {name: {k: float(np.mean([r[k] for r in v])) for k in v[0]} for name, v in rows.items() if v}

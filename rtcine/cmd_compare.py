@@ -72,9 +72,10 @@ def run(args) -> int:
             results[level] = compare(scans, methods, noise=level, roi=args.roi,
                                      progress=lambda i: bar.update(i - bar.n))
         print(f"\n{args.split}: {len(scans)} scans, k-space noise {level:g} x RMS")
-        print(f"{'method':10s} {'PSNR dB':>8s} {'SSIM':>6s} {'NRMSE':>6s} {'ms/frame':>9s} {'iters':>6s}")
+        print(f"{'method':14s} {'PSNR dB':>8s} {'SSIM':>6s} {'NRMSE':>6s} {'DC res':>7s} {'ms/frame':>9s} "
+              f"{'iters':>6s}")
         for name, r in results[level].items():
-            print(f"{name:10s} {r['psnr']:8.2f} {r['ssim']:6.3f} {r['nrmse']:6.3f} "
+            print(f"{name:14s} {r['psnr']:8.2f} {r['ssim']:6.3f} {r['nrmse']:6.3f} {r['dc_residual']:7.3f} "
                   f"{r['seconds_per_frame'] * 1e3:9.1f} {r['iterations']:6.1f}")
     if args.json:
         with open(args.json, "w") as f:

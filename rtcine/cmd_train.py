@@ -34,6 +34,9 @@ def add_parser(sub):
     p.add_argument("--ssdu-fraction", type=float, default=0.6, help="SSDU: share of spokes in Theta")
     p.add_argument("--dc", choices=("vjp", "heuristic"), default="vjp", help="DUNE data consistency")
     p.add_argument("--schedule", choices=("uniform", "cosine"), default="uniform", help="FLAT time schedule")
+    p.add_argument("--flat-velocity-weight", type=float, default=1.0,
+                   help="FLAT: weight of the velocity-alignment term (0: the same network trained on its "
+                        "final output only)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--validate-every", type=int, default=100)
     p.add_argument("--checkpoint-every", type=int, default=50)
@@ -60,9 +63,11 @@ def run(args) -> int:
                       validate_every=args.validate_every, checkpoint_every=args.checkpoint_every,
                       device=args.device, init=args.init,
                       fixed_point_weight=args.fixed_point_weight, supervision=args.supervision,
-                      ssdu_fraction=args.ssdu_fraction, dc=args.dc, schedule=args.schedule)
+                      ssdu_fraction=args.ssdu_fraction, dc=args.dc, schedule=args.schedule,
+                      flat_velocity_weight=args.flat_velocity_weight)
     # variants get their own default folder, so they never resume (overwrite) another run's checkpoint
     suffix = ("-heuristic" if args.model == "dune" and args.dc == "heuristic" else "") + \
+        ("-final-only" if args.model == "flat" and args.flat_velocity_weight == 0 else "") + \
         ("-ssdu" if args.supervision == "ssdu" else "")
     out = args.out or f"runs/{args.model}{suffix}"
     history = train(cfg, splits["train"], splits["val"], out, resume=not args.fresh)
