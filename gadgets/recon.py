@@ -72,7 +72,7 @@ def make_reconstructor(cfg, device, protocol):
     """
     if cfg.recon not in RECONSTRUCTORS:
         # networks live in recon_core.networks and register on import
-        from recon_core.networks import streaming  # noqa: F401  (registers "imunne")
+        from recon_core.networks import streaming  # noqa: F401  (registers the networks)
         RECONSTRUCTORS.update(streaming.RECONSTRUCTORS)
     if cfg.recon in ("gridding", "cgsense"):
         return RECONSTRUCTORS[cfg.recon](cfg, device, protocol)

@@ -11,7 +11,8 @@ from dataclasses import dataclass, fields
 
 import yaml
 
-RECONS = ("gridding", "cgsense", "imunne")
+RECONS = ("gridding", "cgsense", "imunne", "altun", "dune", "flat")
+NETWORK_RECONS = RECONS[2:]
 COIL_MAP_METHODS = ("espirit", "lowres")
 OVERLOAD_POLICIES = ("none", "reduce", "skip")
 

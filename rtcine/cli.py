@@ -1,7 +1,7 @@
 """``rtcine``: real-time radial cine reconstruction, from the command line.
 
     rtcine simulate OUT.h5 [--frames --coils --matrix --spokes-per-frame --snr --seed --trajectory --no-traj]
-    rtcine replay IN.h5 [--out OUT.h5] [--recon gridding|cgsense|imunne] [--realtime] [--config C.yaml] [--set k=v]
+    rtcine replay IN.h5 [--out OUT.h5] [--recon gridding|cgsense|imunne|altun|dune|flat] [--realtime] [--config C.yaml] [--set k=v]
     rtcine serve --port P [--host 127.0.0.1]
     rtcine evaluate RECON.h5 --reference IN.h5 [--json] [--roi]
     rtcine demo [--out DIR]
@@ -12,6 +12,8 @@ import argparse
 import json
 import logging
 import sys
+
+from recon_core.config import RECONS
 
 log = logging.getLogger("rtcine")
 
@@ -196,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_simulate)
 
     def recon_options(q):
-        q.add_argument("--recon", choices=("gridding", "cgsense", "imunne"))
+        q.add_argument("--recon", choices=RECONS)
         q.add_argument("--config", help="YAML file of recon configuration keys")
         q.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one configuration key")
         q.add_argument("--device", help="cpu or cuda")

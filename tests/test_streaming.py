@@ -102,3 +102,23 @@ def test_overload_reduce_cuts_cg_iterations(small_file):
     s = replay(small_file, cfg, realtime=True, speed=1000.0)
     assert len(s["images_list"]) == 16 and s["reduced_frames"] > 0
     assert any(i.meta["rtcine_iterations"] == "2" for i in s["images_list"])
+
+
+@pytest.mark.parametrize("kind", ["altun", "dune", "flat"])
+def test_unrolled_networks_stream_one_image_per_frame(small_file, tmp_path, kind):
+    """``--recon altun|dune|flat`` streams like imunne (each window from its CG-SENSE start)."""
+    arch = {"channels": 4, "levels": 2, "unshuffle": 2, "eta": 1.0}
+    arch.update({"altun": {"blocks": 2}, "dune": {"iterations": 2}, "flat": {"steps": 2}}[kind])
+    path = str(tmp_path / kind)
+    save_checkpoint(path, build_model(kind, **arch), kind, arch)
+    s = replay(small_file, _cfg(path + ".safetensors", recon=kind))
+    images = s["images_list"]
+    assert [i.getHead().image_index for i in images] == list(range(1, 17))
+    assert all(i.meta["rtcine_recon"] == kind and "rtcine_fallback" not in i.meta.keys() for i in images)
+
+
+def test_model_of_another_kind_falls_back_to_cgsense_and_says_why(small_file, tiny_model):
+    s = replay(small_file, _cfg(tiny_model, recon="dune"))
+    images = s["images_list"]
+    assert len(images) == 16 and images[0].meta["rtcine_recon"] == "cgsense"
+    assert "'imunne' network, not 'dune'" in s["fallback"]

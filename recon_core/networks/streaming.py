@@ -16,6 +16,7 @@ The stream's intensity scale is fixed by its first frame, so all windows share u
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -146,12 +147,24 @@ class StreamingNetworkRecon:
 
 
 def _factory(cfg, device, protocol):
-    model, meta = load_model(cfg.model, device)
-    if meta["kind"] not in ("imunne", "altun"):
-        raise ValueError(f"model {cfg.model or DEFAULT_MODEL} is a {meta['kind']!r}, the streaming chain needs "
-                         f"a fixed-point network (imunne)")
-    log.info("network %s from %s (%s)", meta["kind"], cfg.model or DEFAULT_MODEL, meta.get("training", {}))
-    return StreamingNetworkRecon(model, cfg, device)
+    """The streaming reconstructor for ``cfg.recon`` (imunne, altun, dune or flat).
+
+    ``cfg.model`` defaults to the shipped ``<kind>_small.safetensors``. Only the implicit
+    network (imunne) warm-starts: its fixed point does not depend on the start, while the
+    finite unrolled networks (altun, dune, flat) were trained from the CG-SENSE start and
+    get it for every window."""
+    path = cfg.model or (DEFAULT_MODEL if cfg.recon == "imunne" else
+                         os.path.join(os.path.dirname(DEFAULT_MODEL), f"{cfg.recon}_small.safetensors"))
+    model, meta = load_model(path, device)
+    if meta["kind"] != cfg.recon:
+        raise ValueError(f"model {path} is a {meta['kind']!r} network, not {cfg.recon!r}")
+    if cfg.recon != "imunne" and cfg.warm_start:
+        log.info("%s is a finite unrolled network: every window starts from CG-SENSE (no warm start)", cfg.recon)
+        cfg = dataclasses.replace(cfg, warm_start=False)
+    log.info("network %s from %s (%s)", meta["kind"], path, meta.get("training", {}))
+    recon = StreamingNetworkRecon(model, cfg, device)
+    recon.name = cfg.recon
+    return recon
 
 
-RECONSTRUCTORS = {"imunne": _factory}
+RECONSTRUCTORS = {kind: _factory for kind in ("imunne", "altun", "dune", "flat")}
