@@ -9,6 +9,28 @@ import torch
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+def disc_scan(n: int, frames: int, coils: int, spokes: int):
+    """A noise-free synthetic radial scan for the network tests: a disc growing by one pixel
+    per frame, random coil maps (normalised), golden-angle spokes of ``2 n`` samples.
+
+    Returns ``kspace (T, C, S, 2n)``, ``coords (T, S * 2n, 2)``, ``maps (C, n, n)``, ``obj (T, n, n)``."""
+    import numpy as np
+
+    from recon_core.reconstructors import make_operator
+    from recon_core.trajectory import radial_coordinates, spoke_angles
+
+    g = torch.Generator().manual_seed(0)
+    angles = spoke_angles(np.arange(frames * spokes).reshape(frames, spokes), "golden", spokes)
+    coords = torch.from_numpy(radial_coordinates(angles, 2 * n))
+    maps = torch.randn(coils, n, n, dtype=torch.complex64, generator=g)
+    maps = maps / maps.abs().pow(2).sum(0).sqrt()
+    iy, ix = torch.meshgrid(torch.arange(n) - n / 2, torch.arange(n) - n / 2, indexing="ij")
+    obj = torch.stack([((ix ** 2 + iy ** 2) < (n / 4 + f) ** 2).to(torch.complex64) for f in range(frames)])
+    op = make_operator(coords, maps, toeplitz=False)
+    kspace = (op.forward(obj) / op.sqrt_w[:, None, :]).reshape(frames, coils, spokes, 2 * n)   # unweighted
+    return kspace, coords, maps, obj
+
+
 @pytest.fixture(scope="session")
 def small_scan():
     """64x64, 8 coils, 13 golden-angle spokes per frame, 16 frames, SNR 30 (in memory)."""

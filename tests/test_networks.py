@@ -1,5 +1,4 @@
 """Networks on tiny CPU problems: JFB gradients, fixed-point convergence, checkpoints, memory."""
-import numpy as np
 import pytest
 import torch
 
@@ -7,26 +6,15 @@ from recon_core.networks.cunet import CUNet, _depth_to_space, _space_to_depth
 from recon_core.networks.problem import make_problem
 from recon_core.networks.unrolled import build_model
 from recon_core.training.checkpoint import load_checkpoint, save_checkpoint
-from recon_core.trajectory import radial_coordinates, spoke_angles
+from conftest import disc_scan
 
 ARCH = {"channels": 4, "levels": 2, "unshuffle": 2, "eta": 0.5}
 
 
 @pytest.fixture(scope="module")
 def tiny_problem():
-    """32x32, 4 coils, 4 frames of 9 golden-angle spokes, a smooth random object."""
-    g = torch.Generator().manual_seed(0)
-    n, t, c, s = 32, 4, 4, 9
-    angles = spoke_angles(np.arange(t * s).reshape(t, s), "golden", s)
-    coords = torch.from_numpy(radial_coordinates(angles, 2 * n))
-    maps = torch.randn(c, n, n, dtype=torch.complex64, generator=g)
-    maps = maps / maps.abs().pow(2).sum(0).sqrt()
-    iy, ix = torch.meshgrid(torch.arange(n) - n / 2, torch.arange(n) - n / 2, indexing="ij")
-    obj = torch.stack([((ix ** 2 + iy ** 2) < (8 + f) ** 2).to(torch.complex64) for f in range(t)])
-    from recon_core.reconstructors import make_operator
-    op = make_operator(coords, maps, toeplitz=False)
-    y = op.forward(obj) / op.sqrt_w[:, None, :]            # unweighted samples
-    kspace = y.reshape(t, c, s, 2 * n)
+    """32x32, 4 coils, 4 frames of 9 golden-angle spokes, a disc growing per frame."""
+    kspace, coords, maps, obj = disc_scan(32, 4, 4, 9)
     return make_problem(kspace, coords, maps), obj
 
 

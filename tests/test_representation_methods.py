@@ -13,7 +13,7 @@ from recon_core.networks.unrolled import build_model
 from recon_core.reconstructors import make_operator
 from recon_core.training.checkpoint import load_checkpoint, save_checkpoint
 from recon_core.training.ssdu import select_spokes, ssdu_loss, ssdu_split, ssdu_step
-from recon_core.trajectory import radial_coordinates, spoke_angles
+from conftest import disc_scan
 
 DUNE_ARCH = {"channels": 4, "levels": 1, "unshuffle": 2, "eta": 0.5, "latent": 4, "iterations": 2}
 FLAT_ARCH = {"channels": 4, "levels": 2, "unshuffle": 2, "eta": 0.5, "steps": 3}
@@ -31,17 +31,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def tiny_scan():
     """16x16, 3 coils, 3 frames of 7 golden-angle spokes (noise free), a disc growing per frame."""
-    g = torch.Generator().manual_seed(0)
-    n, t, c, s = 16, 3, 3, 7
-    angles = spoke_angles(np.arange(t * s).reshape(t, s), "golden", s)
-    coords = torch.from_numpy(radial_coordinates(angles, 2 * n))
-    maps = torch.randn(c, n, n, dtype=torch.complex64, generator=g)
-    maps = maps / maps.abs().pow(2).sum(0).sqrt()
-    iy, ix = torch.meshgrid(torch.arange(n) - n / 2, torch.arange(n) - n / 2, indexing="ij")
-    obj = torch.stack([((ix ** 2 + iy ** 2) < (4 + f) ** 2).to(torch.complex64) for f in range(t)])
-    op = make_operator(coords, maps, toeplitz=False)
-    kspace = (op.forward(obj) / op.sqrt_w[:, None, :]).reshape(t, c, s, 2 * n)
-    return kspace, coords, maps, obj
+    return disc_scan(16, 3, 3, 7)
 
 
 @pytest.fixture(scope="module")
