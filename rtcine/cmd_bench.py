@@ -13,9 +13,12 @@ same model run offline to convergence (all frames in one window, tol 1e-4) is gi
 
 Method presets (override any key with ``--set key=value``, applied to all):
   gridding, cgsense                   the classical chain
-  imunne-cold                         network, every window from its CG-SENSE start
-  imunne-warm                         network, warm start from the previous window
-  imunne-rt                           warm start + deadline 100 ms + overload=reduce
+  imunne-cold                         network, 5-frame windows (2 look-ahead), 10 updates per
+                                      window, every window from its CG-SENSE start
+  imunne-warm                         the same, warm start from the previous window
+  imunne-rt                           real-time setting: 3-frame windows (1 look-ahead), one
+                                      update per window, warm start (each frame gets 2 updates
+                                      before it is emitted), overload=reduce
 """
 from __future__ import annotations
 
@@ -25,9 +28,10 @@ import multiprocessing as mp
 PRESETS = {
     "gridding": {"recon": "gridding"},
     "cgsense": {"recon": "cgsense"},
-    "imunne-cold": {"recon": "imunne", "warm_start": False},
-    "imunne-warm": {"recon": "imunne", "warm_start": True},
-    "imunne-rt": {"recon": "imunne", "warm_start": True, "deadline_ms": 100.0, "overload": "reduce"},
+    "imunne-cold": {"recon": "imunne", "warm_start": False, "max_iterations": 10},
+    "imunne-warm": {"recon": "imunne", "warm_start": True, "max_iterations": 10},
+    "imunne-rt": {"recon": "imunne", "warm_start": True, "window": 3, "lookahead": 1, "max_iterations": 1,
+                  "overload": "reduce"},
 }
 
 

@@ -10,7 +10,6 @@ from recon_core.networks.dune import DUNE, Decoder, encoder_from_stem
 from recon_core.networks.flat import FLAT, flat_loss, flat_schedule, psnr_per_step
 from recon_core.networks.problem import Problem, make_problem
 from recon_core.networks.unrolled import build_model
-from recon_core.reconstructors import make_operator
 from recon_core.training.checkpoint import load_checkpoint, save_checkpoint
 from recon_core.training.ssdu import select_spokes, ssdu_loss, ssdu_split, ssdu_step
 from conftest import disc_scan
