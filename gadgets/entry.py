@@ -11,6 +11,7 @@ import logging
 
 import ismrmrd
 
+from recon_core.allocator import keep_freed_memory
 from recon_core.config import ReconConfig
 
 from .chain import run_chain
@@ -100,4 +101,5 @@ def _brief(stats: ChainStats) -> str:
 def reconstruct(connection) -> None:
     """The ``<execute>`` target: configuration from the chain XML."""
     logging.getLogger().setLevel(logging.INFO)
+    keep_freed_memory()
     handle(connection)

@@ -22,9 +22,14 @@ import numpy as np
 import torch
 
 BACKENDS = ("finufft", "torchkbnufft")
-#: finufft tolerance; 1e-3 is well below the noise of any radial cine frame, and 3x
-#: faster than 1e-5 here (measured in benchmarks/nufft_backends.py).
-FINUFFT_EPS = 1e-3
+#: finufft tolerance and fine-grid oversampling. With ``upsampfac`` 1.25 (finufft widens
+#: its kernel to keep the tolerance) the FFT grid is 2.6x smaller than with the default
+#: 2.0: 2.5-4x faster here for 8 coils of 13 spokes at 128x128 and for the 256x256 Toeplitz
+#: point-spread function. Measured error against a direct DFT (64x64, 2000 points):
+#: 5.5e-4 at (1e-3, 2.0), 1.6e-3 at (1e-3, 1.25), 3.9e-4 at (5e-4, 1.25) for the same time
+#: as (1e-3, 1.25); all far below the noise of a radial cine frame.
+FINUFFT_EPS = 5e-4
+FINUFFT_UPSAMPFAC = 1.25
 
 
 def default_backend(device: torch.device | str) -> str:
@@ -43,9 +48,10 @@ def _finufft_apply(kind: int, coords: np.ndarray, values: np.ndarray, shape) -> 
     ky = np.ascontiguousarray(2 * np.pi * coords[:, 1], dtype=np.float32)
     values = np.ascontiguousarray(values, dtype=np.complex64)
     if kind == 2:  # uniform -> non-uniform, first image axis is y
-        return finufft.nufft2d2(ky, kx, values, eps=FINUFFT_EPS, nthreads=_finufft_threads())
-    return finufft.nufft2d1(ky, kx, values, tuple(shape), eps=FINUFFT_EPS,
-                            nthreads=_finufft_threads())
+        return finufft.nufft2d2(ky, kx, values, eps=FINUFFT_EPS, nthreads=_finufft_threads(),
+                                upsampfac=FINUFFT_UPSAMPFAC)
+    return finufft.nufft2d1(ky, kx, values, tuple(shape), eps=FINUFFT_EPS, nthreads=_finufft_threads(),
+                            upsampfac=FINUFFT_UPSAMPFAC)
 
 
 def _finufft_batch(kind: int, values: torch.Tensor, coords: torch.Tensor, shape) -> torch.Tensor:

@@ -256,8 +256,10 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from recon_core.allocator import keep_freed_memory
     from recon_core.config import ConfigError
     from recon_core.mrd import HeaderError
+    keep_freed_memory()
     try:
         return args.func(args)
     except (ConfigError, HeaderError, FileNotFoundError) as exc:

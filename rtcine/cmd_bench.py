@@ -15,7 +15,8 @@ Method presets (override any key with ``--set key=value``, applied to all):
   gridding, cgsense                   the classical chain
   imunne-cold                         network, 5-frame windows (2 look-ahead), 10 updates per
                                       window, every window from its CG-SENSE start
-  imunne-warm                         the same, warm start from the previous window
+  imunne-warm                         the same windows, warm start from the previous window,
+                                      3 updates per window (the cold start's PSNR at 3x fewer)
   imunne-rt                           real-time setting: 3-frame windows (1 look-ahead), one
                                       update per window, warm start (each frame gets 2 updates
                                       before it is emitted), overload=reduce
@@ -29,7 +30,7 @@ PRESETS = {
     "gridding": {"recon": "gridding"},
     "cgsense": {"recon": "cgsense"},
     "imunne-cold": {"recon": "imunne", "warm_start": False, "max_iterations": 10},
-    "imunne-warm": {"recon": "imunne", "warm_start": True, "max_iterations": 10},
+    "imunne-warm": {"recon": "imunne", "warm_start": True, "max_iterations": 3},
     "imunne-rt": {"recon": "imunne", "warm_start": True, "window": 3, "lookahead": 1, "max_iterations": 1,
                   "overload": "reduce"},
 }
@@ -57,12 +58,14 @@ def _worker(path, values, speed, offline, queue):
 
     from gadgets.images import image_frame
     from gadgets.replay import replay
+    from recon_core.allocator import keep_freed_memory
     from recon_core.config import ReconConfig
     from recon_core.evaluation import score
     from recon_core.mrd import read_images
     from recon_core.simulate import REFERENCE_GROUP
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
+    keep_freed_memory()          # a fresh (spawned) process: as rtcine and the Gadgetron entry do
     cfg = ReconConfig.from_mapping(values)
     s = replay(path, cfg, realtime=True, speed=speed)
     images = s.pop("images_list")
