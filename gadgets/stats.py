@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from recon_core.metrics import latency_stats
 
@@ -39,18 +39,12 @@ class ChainStats:
     fallback: str = ""
 
     def summary(self) -> dict:
-        return {"noise_acquisitions": self.noise_acquisitions, "spokes": self.spokes, "frames": self.frames,
-                "images": self.images, "partial_frames": self.partial_frames,
-                "dropped_spokes": self.dropped_spokes, "skipped_frames": self.skipped_frames,
-                "skipped": list(self.skipped), "reduced_frames": self.reduced_frames,
-                "iterations_mean": float(sum(self.iterations) / len(self.iterations)) if self.iterations else 0.0,
-                "passed_through": self.passed_through, "latency_ms": latency_stats(self.latencies_ms),
-                "latency_list": [float(x) for x in self.latencies_ms],
-                "errors": list(self.errors),
-                "bad_spokes": self.bad_spokes, "bad_noise_scans": self.bad_noise_scans,
-                "duplicate_spokes": self.duplicate_spokes, "out_of_order_spokes": self.out_of_order_spokes,
-                "gaps": self.gaps, "missing_spokes": self.missing_spokes,
-                "counter_out_of_range": self.counter_out_of_range, "input_problems": dict(self.input_problems),
-                "stream_error": self.stream_error, "fallback": self.fallback,
-                # frames formed vs images sent: every frame is an image or a counted skip
-                "unaccounted_frames": self.frames - self.images - self.skipped_frames}
+        """Every counter, plus the per-frame lists summarised (latency percentiles, mean
+        iterations) and ``unaccounted_frames`` (frames formed - images sent - counted skips;
+        0 when every frame is accounted for)."""
+        out = asdict(self)
+        iterations, latencies = out.pop("iterations"), out.pop("latencies_ms")
+        out.update(iterations_mean=float(sum(iterations) / len(iterations)) if iterations else 0.0,
+                   latency_ms=latency_stats(latencies), latency_list=[float(x) for x in latencies],
+                   unaccounted_frames=self.frames - self.images - self.skipped_frames)
+        return out
