@@ -61,8 +61,8 @@ def run(args) -> int:
             methods[name] = available[name]
         elif name in paths:
             model, meta, _ = load_checkpoint(paths[name])
-            # the implicit network runs to its fixed point (30 iterations, tol 1e-3)
-            kw = {"max_iter": 30, "tol": 1e-3} if meta["kind"] == "imunne" else {}
+            # the implicit network runs to its fixed point (tol 1e-3, at most 50 iterations)
+            kw = {"max_iter": 50, "tol": 1e-3} if meta["kind"] == "imunne" else {}
             methods[name] = network_method(model, **kw)
         else:
             raise ValueError(f"unknown method {name!r}")
