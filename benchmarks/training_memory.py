@@ -4,7 +4,8 @@ for the backward pass (``torch.autograd.graph.saved_tensors_hooks``), plus wall 
     python benchmarks/training_memory.py [--window 5 --matrix 128 --iterations 2,6,20]
 
 IMUNNE (Jacobian-free) keeps one block's activations whatever its iteration count;
-Alt-UN keeps all of its blocks'; CU-Net one pass. Weights are random (memory does not
+Alt-UN keeps all of its blocks'; CU-Net one pass; DUNE (4 iterations, exact VJP or
+heuristic DC) and FLAT (4 steps) keep all of theirs (FLAT's flow loss uses the same graph). Weights are random (memory does not
 depend on them); the problem is a simulated 8-coil, 13-spoke window.
 """
 import argparse
@@ -53,6 +54,8 @@ def main():
     rows += [(f"imunne K={k}", {}, build_model("imunne", **arch, max_iter=k, tol=0)) for k in
              map(int, a.iterations.split(","))]
     rows += [(f"altun n={n}", {}, build_model("altun", **arch, blocks=n)) for n in map(int, a.blocks.split(","))]
+    rows += [(f"dune K=4 {dc}", {}, build_model("dune", **arch, iterations=4, dc=dc)) for dc in ("vjp", "heuristic")]
+    rows += [("flat K=4", {}, build_model("flat", **arch, steps=4))]
     for name, _, model in rows:
         model.train()
         mb, seconds, iters = saved_bytes(model, problem, target)

@@ -26,6 +26,8 @@ def add_parser(sub):
     p.add_argument("--model", action="append", default=[], metavar="KIND=PATH")
     p.add_argument("--noise", default="0", help="comma-separated k-space noise levels (fraction of RMS)")
     p.add_argument("--roi", action="store_true")
+    p.add_argument("--imunne-max-iter", type=int, default=50,
+                   help="iteration cap of implicit networks (they run to tol 1e-3 or this many iterations)")
     p.add_argument("--json", help="write the results here")
     p.set_defaults(func=run)
 
@@ -61,8 +63,8 @@ def run(args) -> int:
             methods[name] = available[name]
         elif name in paths:
             model, meta, _ = load_checkpoint(paths[name])
-            # the implicit network runs to its fixed point (tol 1e-3, at most 50 iterations)
-            kw = {"max_iter": 50, "tol": 1e-3} if meta["kind"] == "imunne" else {}
+            # the implicit network runs to its fixed point (tol 1e-3, at most --imunne-max-iter)
+            kw = {"max_iter": args.imunne_max_iter, "tol": 1e-3} if meta["kind"] == "imunne" else {}
             methods[name] = network_method(model, **kw)
         else:
             raise ValueError(f"unknown method {name!r}")
