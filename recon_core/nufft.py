@@ -8,8 +8,8 @@ Both backends compute, for an image ``x[n]`` on a centred grid ``n = (ny, nx)``
 
 Backends, chosen by measurement on the 2-core CPU this project targets (see
 ``benchmarks/nufft_backends.py``; 128x128 image, 8 coils, 13 spokes of 256 samples):
-finufft (eps 1e-3) takes ~2 ms forward and ~3 ms adjoint, torchkbnufft ~27 ms and
-~43 ms. So ``finufft`` is the default on CPU; ``torchkbnufft`` runs on any torch device
+finufft (eps 5e-4, upsampfac 1.25) takes ~2.3 ms forward and ~3.9 ms adjoint,
+torchkbnufft ~23 ms and ~36 ms. So ``finufft`` is the default on CPU; ``torchkbnufft`` runs on any torch device
 and is the default on CUDA (where it keeps the whole per-frame path on the GPU).
 Both carry autograd: the gradient of the forward transform is the adjoint and vice versa.
 """
@@ -22,12 +22,13 @@ import numpy as np
 import torch
 
 BACKENDS = ("finufft", "torchkbnufft")
-#: finufft tolerance and fine-grid oversampling. With ``upsampfac`` 1.25 (finufft widens
-#: its kernel to keep the tolerance) the FFT grid is 2.6x smaller than with the default
-#: 2.0: 2.5-4x faster here for 8 coils of 13 spokes at 128x128 and for the 256x256 Toeplitz
-#: point-spread function. Measured error against a direct DFT (64x64, 2000 points):
-#: 5.5e-4 at (1e-3, 2.0), 1.6e-3 at (1e-3, 1.25), 3.9e-4 at (5e-4, 1.25) for the same time
-#: as (1e-3, 1.25); all far below the noise of a radial cine frame.
+#: finufft tolerance and fine-grid oversampling. finufft 2.5 picks ``upsampfac`` 1.25 by
+#: itself at these tolerances (widening its kernel to keep them); we pin it, because 2.0
+#: (the other choice) is 2.5x slower here for 8 coils of 13 spokes at 128x128 (6.8 vs
+#: 2.8 ms, adjoint, 2 threads) and for the 256x256 Toeplitz point-spread function.
+#: Measured error against a direct DFT (64x64, 2000 points): 1.6e-3 at eps 1e-3 and
+#: 3.9e-4 at eps 5e-4 with ``upsampfac`` 1.25 (5.5e-4 at eps 1e-3 with 2.0), and eps 5e-4
+#: costs no more time than 1e-3: both far below the noise of a radial cine frame.
 FINUFFT_EPS = 5e-4
 FINUFFT_UPSAMPFAC = 1.25
 

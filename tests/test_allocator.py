@@ -33,14 +33,17 @@ def frame(i):
 frames = [frame(i) for i in range(30)]
 for f in frames[:20]:
     rec.push(f, maps)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+faults = []
 for f in frames[20:]:
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     rec.push(f, maps)
-print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(float(np.median(faults)))
 """
 
 
 def _faults_per_frame(mode: str) -> float:
+    """Median minor page faults per streamed frame, after 20 frames of warm-up."""
     env = dict(os.environ, PYTHONPATH=ROOT, RTCINE_MALLOC="default" if mode == "default" else "")
     out = subprocess.run([sys.executable, "-c", SCRIPT, mode], env=env, capture_output=True, text=True,
                          timeout=300, check=True)
@@ -49,8 +52,10 @@ def _faults_per_frame(mode: str) -> float:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")
 def test_streaming_frames_reuse_memory_instead_of_page_faulting():
+    """With the tuning, a streamed frame page-faults (almost) nothing. With glibc's
+    defaults most runs here faulted 4000-9000 pages (16-35 MB) per frame; some settled
+    near 0, so the defaults are not asserted on (a rare frame that sets a new peak still
+    faults: hence the median)."""
     tuned = _faults_per_frame("tuned")
-    default = _faults_per_frame("default")
     pages_per_buffer = 3 * 8 * 256 * 256 * 8 // 4096          # one 3-frame, 8-coil Toeplitz grid
-    # measured here: 0.7 page faults per frame tuned, 4135 (16 MB) with glibc's defaults
-    assert tuned < 0.1 * pages_per_buffer and tuned < 0.1 * default, (tuned, default)
+    assert tuned < 0.05 * pages_per_buffer, tuned
