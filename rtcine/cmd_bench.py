@@ -17,6 +17,8 @@ Method presets (override any key with ``--set key=value``, applied to all):
                                       window, every window from its CG-SENSE start
   imunne-warm                         the same windows, warm start from the previous window,
                                       3 updates per window (the cold start's PSNR at 3x fewer)
+  altun, dune, flat                   a finite unrolled network of that kind (``--model NAME=PATH``;
+                                      altun ships), 5-frame windows from CG-SENSE
   imunne-rt                           real-time setting: 2-frame windows (1 look-ahead), one
                                       update per window, warm start (each frame gets 2 updates
                                       before it is emitted: 2 frame-updates of work per frame,
@@ -27,11 +29,16 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 
+from recon_core.config import NETWORK_RECONS
+
 PRESETS = {
     "gridding": {"recon": "gridding"},
     "cgsense": {"recon": "cgsense"},
     "imunne-cold": {"recon": "imunne", "warm_start": False, "max_iterations": 10},
     "imunne-warm": {"recon": "imunne", "warm_start": True, "max_iterations": 3},
+    "altun": {"recon": "altun"},
+    "dune": {"recon": "dune"},
+    "flat": {"recon": "flat"},
     "imunne-rt": {"recon": "imunne", "warm_start": True, "window": 2, "lookahead": 1, "max_iterations": 1,
                   "overload": "reduce"},
 }
@@ -42,7 +49,8 @@ def add_parser(sub):
     p.add_argument("input")
     p.add_argument("--methods", default="gridding,cgsense,imunne-cold,imunne-warm,imunne-rt")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--model", default="", help="network model (default: the shipped one)")
+    p.add_argument("--model", action="append", default=[], metavar="[KIND=]PATH",
+                   help="network model: PATH for imunne (default: the shipped one), KIND=PATH for altun/dune/flat")
     p.add_argument("--speed", type=float, default=1.0, help="multiple of scanner pace")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--no-offline", action="store_true", help="skip the offline-converged network PSNR")
@@ -88,7 +96,7 @@ def _worker(path, values, speed, offline, queue):
         result.update(psnr=float("nan"), ssim=float("nan"), quality_error=str(exc))
     result["iterations_per_frame"] = s["iterations_mean"]
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    if offline and cfg.recon == "imunne":
+    if offline and cfg.recon in NETWORK_RECONS:
         result["offline_psnr"] = _offline_psnr(path, cfg)
     queue.put(result)
 
@@ -101,7 +109,7 @@ def _offline_psnr(path, cfg):
     from recon_core.coils import calibration_images, espirit_maps
     from recon_core.evaluation import network_method, score
     from recon_core.mrd import read_images
-    from recon_core.networks.streaming import load_model
+    from recon_core.networks.streaming import load_model, model_path
     from recon_core.simulate import REFERENCE_GROUP
 
     protocol, frames = load_frames(path, cfg)
@@ -112,7 +120,7 @@ def _offline_psnr(path, cfg):
     calib = min(cfg.calibration_frames, t)
     maps = espirit_maps(calibration_images(kspace[:calib].transpose(0, 2, 1, 3).reshape(-1, c, r),
                                            coords[:calib].reshape(-1, r, 2), (protocol.matrix, protocol.matrix)))
-    model, _ = load_model(cfg.model, "cpu")
+    model, _ = load_model(model_path(cfg.recon, cfg.model), "cpu")
     images = network_method(model, max_iter=50, tol=1e-4)(kspace, coords, maps)
     reference = np.stack([image_frame(i) for i in read_images(path, REFERENCE_GROUP)])
     return score(images, reference[:len(images)], roi=True)["mean"]["psnr"]
@@ -123,14 +131,18 @@ def run(args) -> int:
     for item in args.set:
         k, v = item.split("=", 1)
         overrides[k.strip()] = v.strip()
+    models = {}
+    for item in args.model:
+        kind, _, path = item.rpartition("=")
+        models[kind or "imunne"] = path
     ctx = mp.get_context("spawn")
     results = {}
     for name in args.methods.split(","):
         if name not in PRESETS:
             raise ValueError(f"unknown method preset {name!r}; expected one of {sorted(PRESETS)}")
         values = dict(PRESETS[name], device=args.device, **overrides)
-        if args.model and values["recon"] == "imunne":
-            values["model"] = args.model
+        if values["recon"] in models:
+            values["model"] = models[values["recon"]]
         queue = ctx.Queue()
         proc = ctx.Process(target=_worker, args=(args.input, values, args.speed, not args.no_offline, queue))
         proc.start()

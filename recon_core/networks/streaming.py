@@ -35,6 +35,14 @@ log = logging.getLogger("rtcine.streaming")
 DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.dirname(__file__)), "models", "imunne_small.safetensors")
 
 
+def model_path(kind: str, path: str = "") -> str:
+    """``path``, or the shipped ``<kind>_small.safetensors`` (the IMUNNE default for imunne)."""
+    if path:
+        return path
+    return DEFAULT_MODEL if kind == "imunne" else os.path.join(os.path.dirname(DEFAULT_MODEL),
+                                                                f"{kind}_small.safetensors")
+
+
 def load_model(path: str, device):
     from ..training.checkpoint import load_checkpoint
 
@@ -153,8 +161,7 @@ def _factory(cfg, device, protocol):
     network (imunne) warm-starts: its fixed point does not depend on the start, while the
     finite unrolled networks (altun, dune, flat) were trained from the CG-SENSE start and
     get it for every window."""
-    path = cfg.model or (DEFAULT_MODEL if cfg.recon == "imunne" else
-                         os.path.join(os.path.dirname(DEFAULT_MODEL), f"{cfg.recon}_small.safetensors"))
+    path = model_path(cfg.recon, cfg.model)
     model, meta = load_model(path, device)
     if meta["kind"] != cfg.recon:
         raise ValueError(f"model {path} is a {meta['kind']!r} network, not {cfg.recon!r}")
