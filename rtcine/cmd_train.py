@@ -44,6 +44,8 @@ def add_parser(sub):
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in --out")
     p.add_argument("--fixed-point-weight", type=float, default=0.0,
                    help="IMUNNE: weight of the fixed-point residual |R(x*) - x*| in the loss")
+    p.add_argument("--noise-augment", type=float, default=0.0,
+                   help="add k-space noise to each training window, level uniform in [0, this] x RMS")
     p.add_argument("--init", default="", help="initialise the regularizer from this checkpoint (e.g. a CU-Net)")
     p.set_defaults(func=run)
 
@@ -64,7 +66,8 @@ def run(args) -> int:
                       device=args.device, init=args.init,
                       fixed_point_weight=args.fixed_point_weight, supervision=args.supervision,
                       ssdu_fraction=args.ssdu_fraction, dc=args.dc, schedule=args.schedule,
-                      flat_velocity_weight=args.flat_velocity_weight)
+                      flat_velocity_weight=args.flat_velocity_weight,
+                      noise_augment=args.noise_augment)
     # variants get their own default folder, so they never resume (overwrite) another run's checkpoint
     suffix = ("-heuristic" if args.model == "dune" and args.dc == "heuristic" else "") + \
         ("-final-only" if args.model == "flat" and args.flat_velocity_weight == 0 else "") + \

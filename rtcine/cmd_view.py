@@ -22,9 +22,9 @@ def serve_until_interrupted(viewer, message: str | None = None, stop: threading.
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
-    if message:
-        print(message, flush=True)
     try:
+        if message:          # inside the try: a Ctrl-C right after the message must stop cleanly
+            print(message, flush=True)
         while not stop.wait(0.5):
             pass
     except KeyboardInterrupt:

@@ -61,6 +61,9 @@ class TrainConfig:
     flat_velocity_weight: float = 1.0
     # IMUNNE: weight of the fixed-point residual |R(x*) - x*| in the loss (0: plain JFB)
     fixed_point_weight: float = 0.0
+    # k-space noise augmentation: each window gets complex Gaussian noise of a level drawn
+    # uniformly in [0, noise_augment] x its k-space RMS (0: off; the CG start is then recomputed)
+    noise_augment: float = 0.0
 
     def arch(self) -> dict:
         a = {"channels": self.channels, "levels": self.levels, "unshuffle": self.unshuffle, "eta": self.eta}
@@ -152,7 +155,7 @@ def train(cfg: TrainConfig, train_paths, val_paths, out_dir: str, resume: bool =
     device = torch.device(cfg.device)
     scans = [load_scan(p) for p in train_paths]
     caches = None
-    if cfg.supervision == "supervised":
+    if cfg.supervision == "supervised" and not cfg.noise_augment:
         # per-frame kernels, A^H y and CG starts once per scan: a training window then costs no NUFFT
         from ..networks.problem import FrameCache
         caches = []
@@ -203,6 +206,11 @@ def train(cfg: TrainConfig, train_paths, val_paths, out_dir: str, resume: bool =
         k, c, m, target = _tensors(scan, device, slice(first, first + cfg.window))
         window = slice(first, first + cfg.window)
         problem = caches[which].problem(window) if caches is not None else None
+        if cfg.noise_augment > 0:
+            from ..evaluation import add_kspace_noise
+            level = float(rng.uniform(0.0, cfg.noise_augment))
+            k = torch.from_numpy(add_kspace_noise(k.cpu().numpy(), level, seed=step)).to(device)
+            problem = None                      # built from the noisy k-space by training_loss
         loss, info = training_loss(cfg, model, k, c, m, target, step, problem)
         opt.zero_grad(set_to_none=True)
         loss.backward()
