@@ -329,9 +329,10 @@ def test_ssdu_step_gives_finite_gradients(tiny_scan, kind, arch):
 
 # ---------------------------------------------------------------- training loop
 
-@pytest.mark.parametrize("model,supervision", [("dune", "supervised"), ("flat", "supervised"),
-                                               ("dune", "ssdu")])
-def test_train_loop_runs_dune_flat_and_ssdu(tiny_scan, tmp_path, model, supervision):
+@pytest.mark.parametrize("model,supervision,extra", [
+    ("dune", "supervised", {}), ("flat", "supervised", {}), ("dune", "ssdu", {}),
+    ("imunne", "supervised", {"anderson": 2, "max_iter": 3, "noise_augment": 0.1})])
+def test_train_loop_runs_dune_flat_ssdu_and_noisy_anderson_imunne(tiny_scan, tmp_path, model, supervision, extra):
     from recon_core.training.train import TrainConfig, train
 
     kspace, coords, maps, obj = tiny_scan
@@ -339,9 +340,12 @@ def test_train_loop_runs_dune_flat_and_ssdu(tiny_scan, tmp_path, model, supervis
     np.savez(path, kspace=kspace.numpy(), coords=coords.numpy(), maps=maps.numpy(), target=obj.numpy(),
              reference=obj.abs().numpy())
     cfg = TrainConfig(model=model, supervision=supervision, channels=4, levels=1 if model == "dune" else 2,
-                      blocks=2, window=2, steps=2, validate_every=2, checkpoint_every=2, cg_start_iterations=2)
+                      blocks=2, window=2, steps=2, validate_every=2, checkpoint_every=2, cg_start_iterations=2,
+                      **extra)
     history = train(cfg, [path], [path], str(tmp_path / "run"), progress=False)
     assert history["step"] == [2] and np.isfinite(history["loss"]).all()
     assert history["config"]["supervision"] == supervision
     loaded, meta, _ = load_checkpoint(str(tmp_path / "run" / "model.safetensors"))
     assert meta["kind"] == model and type(loaded).__name__ == model.upper()
+    if model == "imunne":                     # the training solver's settings travel with the model
+        assert meta["arch"]["anderson"] == 2 and loaded.anderson == 2
