@@ -175,18 +175,28 @@ def _print(results):
 
 
 def _histogram(results, png):
+    """Latency histograms of all methods on shared logarithmic bins, with the frame interval
+    and the 150 ms real-time target marked."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    for name, r in results.items():
-        lat = r.get("latency_list") or []
-        if lat:
-            ax.hist(lat, bins=40, alpha=0.5, label=name)
-    ax.set_xlabel("latency from last spoke to image (ms)")
+    lists = {name: np.asarray(r.get("latency_list") or [], float) for name, r in results.items()}
+    values = np.concatenate([v[v > 0] for v in lists.values()] or [np.ones(1)])
+    bins = np.logspace(np.log10(max(values.min(), 0.1)), np.log10(values.max() * 1.05), 60)
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    for name, lat in lists.items():
+        if lat.size:
+            ax.hist(lat[lat > 0], bins=bins, alpha=0.55, label=name)
+    acq = next((r["acquisition_fps"] for r in results.values() if r.get("acquisition_fps")), 0)
+    if acq:
+        ax.axvline(1e3 / acq, color="k", ls=":", lw=1, label=f"frame interval {1e3 / acq:.0f} ms")
+    ax.axvline(150, color="r", ls="--", lw=1, label="150 ms target")
+    ax.set_xscale("log")
+    ax.set_xlabel("latency from last spoke to image (ms, log scale)")
     ax.set_ylabel("frames")
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(png, dpi=90)
     plt.close(fig)
