@@ -9,8 +9,8 @@ Both backends compute, for an image ``x[n]`` on a centred grid ``n = (ny, nx)``
 Backends, chosen by measurement on the 2-core CPU this project targets (see
 ``benchmarks/nufft_backends.py``; 128x128 image, 8 coils, 13 spokes of 256 samples):
 finufft (eps 5e-4, upsampfac 1.25) takes ~2.3 ms forward and ~3.9 ms adjoint,
-torchkbnufft ~23 ms and ~36 ms. So ``finufft`` is the default on CPU; ``torchkbnufft`` runs on any torch device
-and is the default on CUDA (where it keeps the whole per-frame path on the GPU).
+torchkbnufft ~23 ms and ~36 ms. So ``finufft`` is the default on CPU; ``torchkbnufft``
+runs on any torch device and is the default on CUDA (where it keeps the whole per-frame path on the GPU).
 Both carry autograd: the gradient of the forward transform is the adjoint and vice versa.
 """
 from __future__ import annotations

@@ -16,7 +16,7 @@ Method presets (override any key with ``--set key=value``, applied to all):
   imunne-cold                         network, 5-frame windows (2 look-ahead), 10 updates per
                                       window, every window from its CG-SENSE start
   imunne-warm                         the same windows, warm start from the previous window,
-                                      3 updates per window (the cold start's PSNR at 3x fewer)
+                                      3 updates per window (1 already beats the cold start's 10)
   altun, dune, flat                   a finite unrolled network of that kind (``--model NAME=PATH``;
                                       altun ships), 5-frame windows from CG-SENSE
   imunne-rt                           real-time setting: 2-frame windows (1 look-ahead), one
@@ -70,6 +70,7 @@ def _worker(path, values, speed, offline, queue):
     from recon_core.allocator import keep_freed_memory
     from recon_core.config import ReconConfig
     from recon_core.evaluation import score
+    from recon_core.metrics import latency_stats
     from recon_core.mrd import read_images
     from recon_core.simulate import REFERENCE_GROUP
 
@@ -82,7 +83,6 @@ def _worker(path, values, speed, offline, queue):
     result["latencies_ms"] = None
     # steady state: frames reconstructed once the ESPIRiT maps are in (the calibration runs
     # on the second core during the first seconds of a scan)
-    from recon_core.metrics import latency_stats
     steady = [float(i.meta["rtcine_latency_ms"]) for i in images if i.meta["rtcine_coil_maps"] == "espirit"]
     result["latency_steady_ms"] = latency_stats(steady) if steady else None
     result["steady_frames"] = len(steady)

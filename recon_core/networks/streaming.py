@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..config import NETWORK_RECONS
 from ..operators import RadialSense
 from ..reconstructors import flatten_kspace, frame_weights
 from ..solvers import conjugate_gradient
@@ -32,15 +33,15 @@ from .problem import Problem
 
 log = logging.getLogger("rtcine.streaming")
 
-DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.dirname(__file__)), "models", "imunne_small.safetensors")
+MODELS_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "models")
 
 
 def model_path(kind: str, path: str = "") -> str:
-    """``path``, or the shipped ``<kind>_small.safetensors`` (the IMUNNE default for imunne)."""
-    if path:
-        return path
-    return DEFAULT_MODEL if kind == "imunne" else os.path.join(os.path.dirname(DEFAULT_MODEL),
-                                                                f"{kind}_small.safetensors")
+    """``path``, or the shipped ``MODELS_DIR/<kind>_small.safetensors``."""
+    return path or os.path.join(MODELS_DIR, f"{kind}_small.safetensors")
+
+
+DEFAULT_MODEL = model_path("imunne")
 
 
 def load_model(path: str, device):
@@ -174,4 +175,4 @@ def _factory(cfg, device, protocol):
     return recon
 
 
-RECONSTRUCTORS = {kind: _factory for kind in ("imunne", "altun", "dune", "flat")}
+RECONSTRUCTORS = {kind: _factory for kind in NETWORK_RECONS}

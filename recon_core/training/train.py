@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from ..evaluation import add_kspace_noise
 from ..metrics import psnr, ssim
 from ..networks.problem import make_problem
 from ..networks.unrolled import build_model
@@ -207,7 +208,6 @@ def train(cfg: TrainConfig, train_paths, val_paths, out_dir: str, resume: bool =
         window = slice(first, first + cfg.window)
         problem = caches[which].problem(window) if caches is not None else None
         if cfg.noise_augment > 0:
-            from ..evaluation import add_kspace_noise
             level = float(rng.uniform(0.0, cfg.noise_augment))
             k = torch.from_numpy(add_kspace_noise(k.cpu().numpy(), level, seed=step)).to(device)
             problem = None                      # built from the noisy k-space by training_loss
