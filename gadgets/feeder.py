@@ -46,23 +46,25 @@ class ThreadedSource:
     """Iterate ``source`` on a thread, stamping arrival; iterate this object to consume.
 
     ``maxsize`` bounds the queue (0: unbounded). An exception raised by the source is
-    re-raised in the consumer after the items that came before it.
+    re-raised in the consumer after the items that came before it. ``stamp=False`` for a
+    stage further down the chain (items were stamped when they arrived).
     """
 
-    def __init__(self, source, maxsize: int = 0):
+    def __init__(self, source, maxsize: int = 0, stamp: bool = True, name: str = "rtcine-reader"):
         self._queue: queue.Queue = queue.Queue(maxsize)
         self._error: BaseException | None = None
         self._stop = threading.Event()
         self.bound = maxsize
         self.high_water = 0
-        self._thread = threading.Thread(target=self._run, args=(source,), daemon=True, name="rtcine-reader")
+        self._stamp = stamp
+        self._thread = threading.Thread(target=self._run, args=(source,), daemon=True, name=name)
         self._thread.start()
 
     def _run(self, source):
         try:
             for item in source:
                 try:
-                    if getattr(item, ARRIVAL, None) is None:
+                    if self._stamp and getattr(item, ARRIVAL, None) is None:
                         setattr(item, ARRIVAL, time.perf_counter())
                 except AttributeError:
                     pass

@@ -23,7 +23,8 @@ class Frame:
     kspace ``(C, S, R)`` complex64; coords ``(S, R, 2)`` float32 in cycles/pixel;
     ``index`` counts frames from 0; ``last`` is the frame's last acquisition (its header
     seeds the image header); ``arrival`` the ``time.perf_counter()`` at which the last
-    spoke arrived; ``partial`` is True for a last frame with fewer spokes than asked.
+    spoke arrived; ``partial`` is True for a last frame with fewer spokes than asked; ``prepared`` holds
+    what the reconstructor computed from it ahead of reconstruction (None until then).
     """
     index: int
     kspace: np.ndarray
@@ -31,6 +32,7 @@ class Frame:
     last: ismrmrd.Acquisition
     arrival: float
     partial: bool = False
+    prepared: object = None     # the reconstructor's map-independent work, done ahead (gadgets/recon.py)
 
     @property
     def spokes(self) -> int:

@@ -14,9 +14,11 @@ import time
 
 import torch
 
-from recon_core import reconstructors as rc
+from recon_core.frame_prep import PreparedFrame, combine, prepare_frame
+from recon_core.solvers import conjugate_gradient
 
 from .coilmaps import CoilMapService
+from .feeder import ThreadedSource
 from .frames import Frame
 
 log = logging.getLogger("rtcine.recon")
@@ -25,21 +27,28 @@ log = logging.getLogger("rtcine.recon")
 class ClassicalRecon:
     """Gridding or CG-SENSE, one frame at a time."""
 
-    def __init__(self, name: str, cfg, device: torch.device, fallback: str = ""):
+    def __init__(self, name: str, cfg, device: torch.device, fallback: str = "", shape=None):
         self.name, self.cfg, self.device = name, cfg, device
+        self.shape = shape              # (Y, X) image matrix
         self.reduced = False            # set by the overload guard
         self.held = False
         self.fallback = fallback        # why this replaces the asked reconstruction ("" if it does not)
 
+    def prepare(self, frame: Frame) -> PreparedFrame:
+        """The frame's map-independent NUFFTs (see recon_core/frame_prep.py); may run ahead."""
+        return prepare_frame(frame.kspace, frame.coords, self.shape, self.device,
+                             toeplitz=self.name == "cgsense")
+
     def push(self, frame: Frame, maps: torch.Tensor):
-        kspace = torch.from_numpy(frame.kspace[None]).to(self.device)
-        coords = torch.from_numpy(frame.coords[None]).to(self.device)
+        prep = frame.prepared if frame.prepared is not None else self.prepare(frame)
+        rhs = combine(prep.coil_images, maps)[None]
         if self.name == "gridding":
-            image = rc.gridding(kspace, coords, maps)
+            image = rhs
             info = {"recon": "gridding"}
         else:
             iterations = max(1, self.cfg.cg_iterations // 4) if self.reduced else self.cfg.cg_iterations
-            image = rc.cg_sense(kspace, coords, maps, iterations, self.cfg.cg_lambda)
+            image = conjugate_gradient(prep.operator(maps).normal, rhs, iterations=iterations,
+                                       lam=self.cfg.cg_lambda)
             info = {"recon": "cgsense", "iterations": iterations}
         if self.fallback:
             info["fallback"] = self.fallback
@@ -49,10 +58,14 @@ class ClassicalRecon:
         return []
 
 
+def _matrix(protocol) -> tuple[int, int]:
+    return (protocol.matrix, protocol.matrix)
+
+
 #: name -> factory(cfg, device, protocol); networks register themselves here.
 RECONSTRUCTORS = {
-    "gridding": lambda cfg, device, protocol: ClassicalRecon("gridding", cfg, device),
-    "cgsense": lambda cfg, device, protocol: ClassicalRecon("cgsense", cfg, device),
+    "gridding": lambda cfg, device, protocol: ClassicalRecon("gridding", cfg, device, shape=_matrix(protocol)),
+    "cgsense": lambda cfg, device, protocol: ClassicalRecon("cgsense", cfg, device, shape=_matrix(protocol)),
 }
 
 
@@ -81,7 +94,7 @@ def make_reconstructor(cfg, device, protocol):
     except MODEL_ERRORS as exc:
         reason = f"{cfg.recon} model {cfg.model or '(default)'} not loaded: {type(exc).__name__}: {exc}"
         log.error("%s; reconstructing with CG-SENSE instead (%d iterations)", reason, cfg.cg_iterations)
-        return ClassicalRecon("cgsense", cfg, device, fallback=reason)
+        return ClassicalRecon("cgsense", cfg, device, fallback=reason, shape=_matrix(protocol))
 
 
 class OverloadGuard:
@@ -135,6 +148,11 @@ def reconstruct_frames(items, cfg, protocol, stats, clock=time.perf_counter):
     ``info`` carries the recon name, the coil-map source and the latency in ms from the
     frame's last spoke to the moment its image is ready. Overload is handled by
     :class:`OverloadGuard`.
+
+    With ``cfg.pipeline`` the input stream (the chain's gadgets upstream: validation,
+    prewhitening, framing) and each frame's map-independent work (``recon.prepare``: its
+    NUFFTs) run on a thread of their own, at most ``queue_size`` items ahead, while this
+    thread solves the previous frames: a frame's NUFFTs overlap the previous frame's solve.
     """
     device = torch.device(cfg.device)
     shape = (protocol.matrix, protocol.matrix)
@@ -144,6 +162,10 @@ def reconstruct_frames(items, cfg, protocol, stats, clock=time.perf_counter):
     stride = cfg.frame_stride or protocol.spokes_per_frame
     guard = OverloadGuard(cfg, stride * protocol.tr_ms / 1e3, stats, clock)
     held: list[Frame] = []
+    ahead = None
+    if cfg.pipeline:
+        items = ahead = ThreadedSource(_prepared(items, recon.prepare), maxsize=cfg.queue_size, stamp=False,
+                                       name="rtcine-prepare")
 
     def finish(results, source):
         now = clock()
@@ -184,4 +206,14 @@ def reconstruct_frames(items, cfg, protocol, stats, clock=time.perf_counter):
                 yield from run(frame, was_held=True)
         yield from finish(recon.flush(), maps.source)
     finally:
+        if ahead is not None:
+            ahead.close()
         maps.close()
+
+
+def _prepared(items, prepare):
+    """Pass ``items`` on, each :class:`Frame` with ``frame.prepared = prepare(frame)``."""
+    for item in items:
+        if isinstance(item, Frame):
+            item.prepared = prepare(item)
+        yield item

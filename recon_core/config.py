@@ -69,6 +69,9 @@ class ReconConfig:
     #: sender, as TCP does), reduce (fewer iterations), skip (drop to the newest frame)
     queue_size: int = 8
     overload: str = "none"
+    #: prepare each frame (its NUFFTs) and run the stream's gadgets on a thread of their own,
+    #: ahead of the reconstruction (false: all on the reconstruction's thread)
+    pipeline: bool = True
     #: forward every image to a live viewer (``rtcine view``) at this URL (empty: off)
     view_url: str = ""
 

@@ -71,10 +71,14 @@ class RadialSense:
         return (self._maps().conj() * coil_images).sum(1)
 
     def _toeplitz_kernel(self) -> torch.Tensor:
-        """``(T, 2Y, 2X)`` FFT of the weighted point-spread function on the doubled grid."""
-        y, x = self.shape
-        psf = nufft_adjoint(self.weights.to(torch.complex64)[:, None], self.coords, (2 * y, 2 * x),
-                            self.backend)[:, 0]
+        return self.toeplitz_kernel(self.coords, self.weights, self.shape, self.backend)
+
+    @staticmethod
+    def toeplitz_kernel(coords: torch.Tensor, weights: torch.Tensor, shape, backend: str) -> torch.Tensor:
+        """``(T, 2Y, 2X)`` FFT of the weighted point-spread function on the doubled grid,
+        for ``coords (T, M, 2)``, ``weights (T, M)`` and image ``shape (Y, X)``."""
+        y, x = shape
+        psf = nufft_adjoint(weights.to(torch.complex64)[:, None], coords, (2 * y, 2 * x), backend)[:, 0]
         return torch.fft.fft2(torch.fft.ifftshift(psf, dim=(-2, -1)))
 
     def normal(self, x: torch.Tensor) -> torch.Tensor:

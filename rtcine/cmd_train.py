@@ -46,6 +46,19 @@ def add_parser(sub):
                    help="IMUNNE: weight of the fixed-point residual |R(x*) - x*| in the loss")
     p.add_argument("--noise-augment", type=float, default=0.0,
                    help="add k-space noise to each training window, level uniform in [0, this] x RMS")
+    p.add_argument("--stream-weight", type=float, default=0.0,
+                   help="IMUNNE: weight of a loss on the real-time streaming schedule (0: off): each step "
+                        "also replays the stream on a clip of --stream-clip frames (sliding windows, warm "
+                        "start, --stream-updates updates per window), backpropagating through all of it, "
+                        "and scores every emitted image against the reference")
+    p.add_argument("--stream-window", type=int, default=2, help="streaming loss: frames per sliding window")
+    p.add_argument("--stream-lookahead", type=int, default=1,
+                   help="streaming loss: frames of look-ahead (a frame is emitted once this many newer "
+                        "frames are in its window)")
+    p.add_argument("--stream-updates", type=int, default=1,
+                   help="streaming loss: network updates R(x) per window (the stream's max_iterations)")
+    p.add_argument("--stream-clip", type=int, default=8,
+                   help="streaming loss: consecutive frames per clip (memory and time grow with it)")
     p.add_argument("--init", default="", help="initialise the regularizer from this checkpoint (e.g. a CU-Net)")
     p.set_defaults(func=run)
 
@@ -67,7 +80,9 @@ def run(args) -> int:
                       fixed_point_weight=args.fixed_point_weight, supervision=args.supervision,
                       ssdu_fraction=args.ssdu_fraction, dc=args.dc, schedule=args.schedule,
                       flat_velocity_weight=args.flat_velocity_weight,
-                      noise_augment=args.noise_augment)
+                      noise_augment=args.noise_augment, stream_weight=args.stream_weight,
+                      stream_window=args.stream_window, stream_lookahead=args.stream_lookahead,
+                      stream_updates=args.stream_updates, stream_clip=args.stream_clip)
     # variants get their own default folder, so they never resume (overwrite) another run's checkpoint
     suffix = ("-heuristic" if args.model == "dune" and args.dc == "heuristic" else "") + \
         ("-final-only" if args.model == "flat" and args.flat_velocity_weight == 0 else "") + \

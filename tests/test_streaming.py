@@ -122,3 +122,15 @@ def test_model_of_another_kind_falls_back_to_cgsense_and_says_why(small_file, ti
     images = s["images_list"]
     assert len(images) == 16 and images[0].meta["rtcine_recon"] == "cgsense"
     assert "'imunne' network, not 'dune'" in s["fallback"]
+
+
+@pytest.mark.parametrize("recon", ["gridding", "cgsense", "imunne"])
+def test_prepared_on_a_thread_equals_all_on_one_thread(small_file, tiny_model, recon):
+    """The chain's preparation thread (NUFFTs ahead of the solve) changes no image."""
+    images = {}
+    for pipeline in (True, False):
+        cfg = _cfg(tiny_model, recon=recon, pipeline=pipeline)
+        images[pipeline] = [image_frame(i) for i in replay(small_file, cfg)["images_list"]]
+    assert len(images[True]) == len(images[False]) == 16
+    for a, b in zip(images[True], images[False]):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6 * np.abs(b).max())

@@ -2,8 +2,10 @@
 
 Frame ``f`` is emitted once the window ``[f + L - T + 1, f + L]`` is solved (``T =
 window``, ``L = lookahead``): its image uses ``L`` frames of look-ahead and ``T - L - 1``
-of history. Per frame, the expensive parts (Toeplitz kernel, ``A^H y``) are computed once
-when it arrives and kept while it is in the window. The fixed point of each window starts
+of history. Per frame, the expensive parts (Toeplitz kernel, per-coil ``F^H w y``: two
+NUFFTs, :meth:`StreamingNetworkRecon.prepare`) are computed once, ahead of the solve on the
+chain's preparation thread, and kept while the frame is in the window; new coil maps
+re-combine them without a NUFFT. The fixed point of each window starts
 from the previous window's solution shifted by one frame (warm start); the new frame
 enters with the newest frame's current estimate (consecutive frames differ little, and the
 fixed point does not depend on the start), so no per-frame CG-SENSE start is computed.
@@ -26,8 +28,8 @@ from dataclasses import dataclass
 import torch
 
 from ..config import NETWORK_RECONS
+from ..frame_prep import combine, prepare_frame
 from ..operators import RadialSense
-from ..reconstructors import flatten_kspace, frame_weights
 from ..solvers import conjugate_gradient
 from .problem import Problem
 
@@ -68,8 +70,9 @@ class StreamingNetworkRecon:
 
     name = "imunne"
 
-    def __init__(self, model, cfg, device, cg_start_iterations: int = 3, clock=time.perf_counter):
+    def __init__(self, model, cfg, device, cg_start_iterations: int = 3, clock=time.perf_counter, shape=None):
         self.model, self.cfg, self.device = model, cfg, torch.device(device)
+        self.shape = tuple(shape) if shape else None     # (Y, X) image matrix (else: the maps')
         self.window, self.lookahead = cfg.window, cfg.lookahead
         self.cg_start = cg_start_iterations
         self.slots: deque[_Slot] = deque(maxlen=self.window)
@@ -81,13 +84,19 @@ class StreamingNetworkRecon:
         self.held = False               # set by the chain for frames held for the first coil maps
 
     # -- per-frame preparation ---------------------------------------------------------
+    def prepare(self, frame):
+        """The frame's map-independent work (two NUFFTs): may run on another thread, ahead of
+        :meth:`push` (the chain stores the result in ``frame.prepared``)."""
+        return prepare_frame(frame.kspace, frame.coords, self.shape, self.device)
+
     def _slot(self, frame, maps, start: torch.Tensor | None = None) -> _Slot:
         """Prepare a frame; ``start`` (normalised ``(Y, X)``) replaces its CG-SENSE start."""
-        kspace = torch.from_numpy(frame.kspace[None]).to(self.device)
-        coords = torch.from_numpy(frame.coords[None]).to(self.device)
-        op = RadialSense(coords.reshape(1, -1, 2), maps, frame_weights(coords), toeplitz=True)
-        y_w = op.weigh(flatten_kspace(kspace))
-        rhs = op.adjoint(y_w)
+        prep = getattr(frame, "prepared", None)
+        if prep is None:
+            self.shape = self.shape or tuple(maps.shape[-2:])
+            prep = self.prepare(frame)
+        op = prep.operator(maps)
+        rhs = combine(prep.coil_images, maps)[None]
         x0 = None
         if start is None or self.scale is None:
             x0 = conjugate_gradient(op.normal, rhs, iterations=self.cg_start)
@@ -95,7 +104,7 @@ class StreamingNetworkRecon:
                 self.scale = float(torch.quantile(x0.abs().flatten()[::7], 0.99).clamp_min(1e-12))
             x0 = x0[0] / self.scale
         s = self.scale
-        return _Slot(frame, op.coords[0], op.weights[0], op.kernel[0], y_w[0] / s, rhs[0] / s, x0,
+        return _Slot(frame, prep.coords, prep.weights, prep.kernel, prep.y_w / s, rhs[0] / s, x0,
                      x0 if start is None else start)
 
     def _problem(self, maps) -> Problem:
@@ -170,7 +179,7 @@ def _factory(cfg, device, protocol):
         log.info("%s is a finite unrolled network: every window starts from CG-SENSE (no warm start)", cfg.recon)
         cfg = dataclasses.replace(cfg, warm_start=False)
     log.info("network %s from %s (%s)", meta["kind"], path, meta.get("training", {}))
-    recon = StreamingNetworkRecon(model, cfg, device)
+    recon = StreamingNetworkRecon(model, cfg, device, shape=(protocol.matrix, protocol.matrix))
     recon.name = cfg.recon
     return recon
 

@@ -24,10 +24,11 @@ import torch
 
 from ..evaluation import add_kspace_noise
 from ..metrics import psnr, ssim
-from ..networks.problem import make_problem
+from ..networks.problem import FrameCache, make_problem
 from ..networks.unrolled import build_model
 from .checkpoint import save_checkpoint
 from .data import load_scan
+from .stream_schedule import clip_scale, streaming_loss, streaming_outputs
 
 log = logging.getLogger("rtcine.train")
 
@@ -65,6 +66,14 @@ class TrainConfig:
     # k-space noise augmentation: each window gets complex Gaussian noise of a level drawn
     # uniformly in [0, noise_augment] x its k-space RMS (0: off; the CG start is then recomputed)
     noise_augment: float = 0.0
+    # IMUNNE: weight of a loss on the streaming schedule (0: off). Each step also replays the
+    # stream (window, look-ahead, updates per window, warm start) differentiably on a clip of
+    # stream_clip consecutive frames of the same scan (training.stream_schedule)
+    stream_weight: float = 0.0
+    stream_window: int = 2
+    stream_lookahead: int = 1
+    stream_updates: int = 1
+    stream_clip: int = 8
 
     def arch(self) -> dict:
         a = {"channels": self.channels, "levels": self.levels, "unshuffle": self.unshuffle, "eta": self.eta}
@@ -103,6 +112,23 @@ def evaluate_model(model, scans, cg_start_iterations=3, device="cpu", window=Non
     model.train()
     r = np.array(rows, dtype=float)
     return {"psnr": float(r[:, 0].mean()), "ssim": float(r[:, 1].mean()), "iterations": float(r[:, 2].mean())}
+
+
+def evaluate_streaming(model, caches, references, cfg: TrainConfig) -> float:
+    """Mean PSNR (as :func:`evaluate_model`) over scans of the streamed images: every
+    cache's frames (scan from its first frame) reconstructed with the streaming schedule of
+    ``cfg`` (``stream_window`` etc.), scored against ``references`` (one ``(T, Y, X)`` each)."""
+    model.eval()
+    scores = []
+    with torch.no_grad():
+        for cache, ref in zip(caches, references):
+            scale = clip_scale(cache, 0)
+            x = streaming_outputs(model, cache, range(len(ref)), cfg.stream_window, cfg.stream_lookahead,
+                                  cfg.stream_updates, scale)
+            x = (x * scale).cpu().numpy()
+            scores.append(np.mean([psnr(a, b) for a, b in zip(x, ref)]))
+    model.train()
+    return float(np.mean(scores))
 
 
 def training_loss(cfg: TrainConfig, model, k, c, m, target, step: int = 0, problem=None):
@@ -153,18 +179,31 @@ def train(cfg: TrainConfig, train_paths, val_paths, out_dir: str, resume: bool =
     os.makedirs(out_dir, exist_ok=True)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
+    clip_rng = np.random.default_rng([cfg.seed, 1])   # streaming clips: the windows drawn stay as without
     device = torch.device(cfg.device)
     scans = [load_scan(p) for p in train_paths]
     caches = None
     if cfg.supervision == "supervised" and not cfg.noise_augment:
         # per-frame kernels, A^H y and CG starts once per scan: a training window then costs no NUFFT
-        from ..networks.problem import FrameCache
         caches = []
         with torch.no_grad():
             for scan in (tqdm_or_list(scans, progress, "cache")):
                 k, c, m, _ = _tensors(scan, device)
                 caches.append(FrameCache(k, c, m, cfg.cg_start_iterations))
     val = [load_scan(p) for p in val_paths[:cfg.val_scans]]
+    val_caches = None
+    if cfg.stream_weight > 0:
+        if caches is None:
+            raise ValueError("stream_weight > 0 needs the per-frame cache: supervised training without "
+                             "noise augmentation (supervision='supervised', noise_augment=0)")
+        if cfg.model != "imunne":
+            raise ValueError(f"stream_weight > 0: the streaming schedule (warm start, stream_updates block "
+                             f"updates per window) is IMUNNE's, not {cfg.model!r}'s")
+        val_caches = []                 # validation streams the first 8 frames of each scan
+        with torch.no_grad():
+            for scan in val:
+                k, c, m, _ = _tensors(scan, device, slice(0, 8))
+                val_caches.append(FrameCache(k, c, m, cfg.cg_start_iterations))
     rss_data = peak_rss_mb()
     model = build_model(cfg.model, **cfg.arch()).to(device).train()
     if cfg.init:
@@ -198,6 +237,7 @@ def train(cfg: TrainConfig, train_paths, val_paths, out_dir: str, resume: bool =
         bar = tqdm(total=cfg.steps, initial=start_step, unit="step", desc=f"train {cfg.model}")
     step_times = []
     losses = []
+    stream_losses = []
     for step in range(start_step + 1, cfg.steps + 1):
         t0 = time.perf_counter()
         which = rng.integers(len(scans))
@@ -212,8 +252,18 @@ def train(cfg: TrainConfig, train_paths, val_paths, out_dir: str, resume: bool =
             k = torch.from_numpy(add_kspace_noise(k.cpu().numpy(), level, seed=step)).to(device)
             problem = None                      # built from the noisy k-space by training_loss
         loss, info = training_loss(cfg, model, k, c, m, target, step, problem)
+        total = loss
+        if cfg.stream_weight > 0:
+            clip = min(cfg.stream_clip, t_total)
+            start = int(clip_rng.integers(0, t_total - clip + 1))
+            frames = range(start, start + clip)
+            s_loss, _ = streaming_loss(model, caches[which], frames,
+                                       torch.from_numpy(scan["target"][start:start + clip]).to(device),
+                                       cfg.stream_window, cfg.stream_lookahead, cfg.stream_updates)
+            total = loss + cfg.stream_weight * s_loss
+            stream_losses.append(float(s_loss.detach()))
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        total.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
@@ -221,17 +271,27 @@ def train(cfg: TrainConfig, train_paths, val_paths, out_dir: str, resume: bool =
         step_times.append(time.perf_counter() - t0)
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", it=info["iterations"])
+            postfix = {"loss": f"{np.mean(losses[-20:]):.4f}", "it": info["iterations"]}
+            if stream_losses:
+                postfix["stream"] = f"{np.mean(stream_losses[-20:]):.4f}"
+            bar.set_postfix(postfix)
         if step % cfg.validate_every == 0 or step == cfg.steps:
             v = evaluate_model(model, val, cfg.cg_start_iterations, device, window=8)
+            streamed = ""
+            if val_caches is not None:
+                v["stream_psnr"] = evaluate_streaming(model, val_caches, [s["reference"][:8] for s in val], cfg)
+                streamed = f", streamed {v['stream_psnr']:.2f} dB"
             history["val"].append({"step": step, **v})
-            log.info("step %d: val PSNR %.2f dB SSIM %.3f", step, v["psnr"], v["ssim"])
+            log.info("step %d: val PSNR %.2f dB SSIM %.3f%s", step, v["psnr"], v["ssim"], streamed)
             if bar is not None:
                 bar.write(f"step {step}: loss {np.mean(losses[-50:]):.4f}, val PSNR {v['psnr']:.2f} dB, "
-                          f"SSIM {v['ssim']:.3f}, iterations {v['iterations']:.1f}")
+                          f"SSIM {v['ssim']:.3f}, iterations {v['iterations']:.1f}{streamed}")
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             history["step"].append(step)
             history["loss"].append(float(np.mean(losses[-cfg.checkpoint_every:])))
+            if stream_losses:            # the streaming term, unweighted ("loss" stays the window term)
+                history.setdefault("stream_loss", []).append(
+                    float(np.mean(stream_losses[-cfg.checkpoint_every:])))
             epoch_s = float(np.mean(step_times[-cfg.checkpoint_every:]) * len(scans))
             history["timing"] = {"seconds_per_step": float(np.mean(step_times)), "seconds_per_epoch": epoch_s,
                                  "peak_rss_mb": peak_rss_mb(), "rss_after_data_mb": rss_data}
@@ -252,7 +312,10 @@ def training_curve(history: dict, png: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
-    ax[0].plot(history["step"], history["loss"])
+    ax[0].plot(history["step"], history["loss"], label="window")
+    if history.get("stream_loss"):
+        ax[0].plot(history["step"][-len(history["stream_loss"]):], history["stream_loss"], label="streamed")
+        ax[0].legend()
     ax[0].set_xlabel("step")
     label = "complex L1"
     if history["config"].get("supervision") == "ssdu":
@@ -262,7 +325,13 @@ def training_curve(history: dict, png: str) -> None:
     ax[0].set_ylabel(f"training loss ({label})")
     ax[0].set_yscale("log")
     if history["val"]:
-        ax[1].plot([v["step"] for v in history["val"]], [v["psnr"] for v in history["val"]], "o-")
+        ax[1].plot([v["step"] for v in history["val"]], [v["psnr"] for v in history["val"]], "o-",
+                   label="fixed point")
+        streamed = [v for v in history["val"] if "stream_psnr" in v]
+        if streamed:
+            ax[1].plot([v["step"] for v in streamed], [v["stream_psnr"] for v in streamed], "s-",
+                       label="streamed (first 8 frames)")
+            ax[1].legend()
     ax[1].set_xlabel("step")
     ax[1].set_ylabel("validation PSNR (dB)")
     fig.suptitle(history["config"]["model"])

@@ -1,0 +1,91 @@
+"""The streaming schedule of :class:`~recon_core.networks.streaming.StreamingNetworkRecon`,
+replayed differentiably on a :class:`~recon_core.networks.problem.FrameCache`, and a loss on it.
+
+In real time (e.g. ``window=2, lookahead=1, updates=1``) a frame gets only
+``(lookahead + 1) x updates`` updates ``R(x)`` before it is emitted, far from the fixed
+point IMUNNE is trained for. Training on the emitted images of this schedule, with
+gradients through every block application of a clip (truncated backprop through time),
+is meant to make the network good at that early stage (fine-tuning, ``TrainConfig.stream_weight``).
+
+The schedule, as the stream runs it (warm start, no deadline): frames enter one by one
+into a window of at most ``window`` frames; a new frame starts from its predecessor's
+current estimate (the clip's first frame from its CG-SENSE start); once the window holds
+``lookahead + 1`` frames or more, every new frame triggers ``updates`` applications of
+``model.block`` on the window, and the frame ``lookahead`` places before the newest is
+emitted. At the end (``flush``) the last window is updated once more and its last
+``lookahead`` frames are emitted (nothing to do without look-ahead). All images are in the
+clip's normalised units: divided by one ``scale`` for the whole clip, the 99th percentile
+of the first frame's ``|x0|`` (the stream fixes its scale by its first frame).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..networks.problem import FrameCache, Problem
+from ..operators import RadialSense
+
+
+def clip_scale(cache: FrameCache, first: int) -> float:
+    """The stream's scale: 99th percentile of ``|x0|`` of frame ``first`` (every 7th pixel)."""
+    return float(torch.quantile(cache.x0[first].detach().abs().flatten()[::7], 0.99).clamp_min(1e-12))
+
+
+def _frame_range(frames, total: int) -> range:
+    r = range(*frames.indices(total)) if isinstance(frames, slice) else frames
+    if r.step != 1 or len(r) == 0:
+        raise ValueError(f"frames {frames}: a non-empty run of consecutive frames is needed")
+    return r
+
+
+def streaming_outputs(model, cache: FrameCache, frames, window: int = 2, lookahead: int = 1, updates: int = 1,
+                      scale: float | None = None) -> torch.Tensor:
+    """The images the stream emits for the consecutive ``frames`` (range or slice of the
+    cache's frames), in frame order, those emitted at flush included: ``(T, Y, X)``
+    complex, normalised by ``scale`` (default :func:`clip_scale` of the first frame).
+
+    Differentiable through all ``model.block`` applications (no ``no_grad`` here); call
+    under ``torch.no_grad()`` for inference. ``model`` needs ``block(x, problem)``."""
+    if not 0 <= lookahead < window or updates < 1:
+        raise ValueError(f"window={window}, lookahead={lookahead}, updates={updates}: "
+                         "need 0 <= lookahead < window and updates >= 1")
+    frames = _frame_range(frames, cache.x0.shape[0])
+    if scale is None:
+        scale = clip_scale(cache, frames[0])
+    clip = slice(frames.start, frames.stop)
+    coords, weights, kernel = cache.coords[clip], cache.weights[clip], cache.kernel[clip]
+    y_w, rhs = cache.y_w[clip] / scale, cache.rhs[clip] / scale
+
+    estimates: list[torch.Tensor] = []     # current (Y, X) estimate of every clip frame so far
+    outputs: list[torch.Tensor] = []       # emitted images, in frame order
+
+    def solve(newest: int) -> None:
+        """``updates`` block applications on the window ending at clip frame ``newest``."""
+        w = slice(max(0, newest + 1 - window), newest + 1)
+        op = RadialSense(coords[w], cache.maps, weights[w], kernel=kernel[w])
+        x = torch.stack(estimates[w])
+        problem = Problem(op, y_w[w], rhs[w], x, scale)
+        for _ in range(updates):
+            x = model.block(x, problem)
+        estimates[w] = list(x.unbind(0))
+
+    for i in range(len(frames)):
+        estimates.append(cache.x0[frames[0]] / scale if i == 0 else estimates[-1])
+        if i >= lookahead:                   # the window holds lookahead + 1 frames or more
+            solve(i)
+            outputs.append(estimates[i - lookahead])
+    # flush: the last window once more, then the frames still waiting for look-ahead
+    if lookahead:
+        solve(len(frames) - 1)
+        outputs.extend(estimates[len(outputs):])
+    return torch.stack(outputs)
+
+
+def streaming_loss(model, cache: FrameCache, frames, target: torch.Tensor, window: int = 2, lookahead: int = 1,
+                   updates: int = 1):
+    """Complex L1 (mean) of :func:`streaming_outputs` against ``target (T, Y, X)`` (the
+    clip's targets in the data's units, divided here by the clip's scale): ``(loss, info)``
+    with ``info = {"x": outputs (T, Y, X) detached, normalised, "scale": float}``."""
+    frames = _frame_range(frames, cache.x0.shape[0])
+    scale = clip_scale(cache, frames[0])
+    x = streaming_outputs(model, cache, frames, window, lookahead, updates, scale)
+    return (x - target / scale).abs().mean(), {"x": x.detach(), "scale": scale}

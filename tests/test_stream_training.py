@@ -1,0 +1,118 @@
+"""Training on the streaming schedule: the differentiable replay on a FrameCache emits the
+images the streaming reconstructor emits, its loss has gradients, and ``train()`` runs it."""
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from recon_core.config import ReconConfig
+from recon_core.networks.problem import FrameCache
+from recon_core.networks.streaming import StreamingNetworkRecon
+from recon_core.networks.unrolled import build_model
+from recon_core.training.checkpoint import load_checkpoint, save_checkpoint
+from recon_core.training.stream_schedule import clip_scale, streaming_loss, streaming_outputs
+from conftest import disc_scan
+
+ARCH = {"channels": 4, "levels": 2, "unshuffle": 2, "eta": 1.0}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The CPU is shared: one thread for these tests."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def scan():
+    """32x32, 4 coils, 7 frames of 9 golden-angle spokes (noise free), a disc growing per frame."""
+    return disc_scan(32, 7, 4, 9)
+
+
+def _perturbed_imunne(seed=1, size=0.05):
+    """A small IMUNNE whose weights are moved off their initialisation (the zero-initialised
+    last layer would make the regulariser zero and block the gradients before it)."""
+    model = build_model("imunne", **ARCH)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(size * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return model
+
+
+@pytest.mark.parametrize("window,lookahead,updates,frames", [
+    (2, 1, 1, range(1, 7)), (3, 1, 2, range(0, 7)), (3, 0, 1, range(0, 4)),
+    (3, 2, 1, range(2, 3))])                 # a clip shorter than the look-ahead: all emitted at flush
+def test_replay_emits_what_the_stream_emits(scan, window, lookahead, updates, frames):
+    kspace, coords, maps, _ = scan
+    model = _perturbed_imunne().eval()
+    cfg = ReconConfig(recon="imunne", window=window, lookahead=lookahead, max_iterations=updates,
+                      tolerance=1e-9, warm_start=True)
+    stream = StreamingNetworkRecon(model, cfg, "cpu", cg_start_iterations=3)
+    emitted = []
+    for t in frames:
+        frame = types.SimpleNamespace(index=t, kspace=kspace[t].numpy(), coords=coords[t].numpy())
+        emitted += stream.push(frame, maps)
+    emitted += stream.flush()
+    assert [f.index for f, _, _ in emitted] == list(frames)
+    assert all(meta["iterations"] == updates for _, _, meta in emitted)
+
+    cache = FrameCache(kspace, coords, maps, cg_iterations=3)
+    scale = clip_scale(cache, frames[0])
+    assert abs(scale - stream.scale) <= 1e-5 * scale
+    with torch.no_grad():
+        ours = streaming_outputs(model, cache, frames, window, lookahead, updates) * scale
+    theirs = torch.from_numpy(np.stack([image for _, image, _ in emitted]))
+    assert ours.shape == theirs.shape == (len(frames), 32, 32)
+    err = float((ours - theirs).abs().max() / theirs.abs().max())
+    assert err < 1e-4, err
+    # the schedule is not the fixed point: more updates per window give other images
+    with torch.no_grad():
+        more = streaming_outputs(model, cache, frames, window, lookahead, updates + 3) * scale
+    assert float((more - theirs).abs().max() / theirs.abs().max()) > 1e-2
+
+
+def test_streaming_loss_backpropagates_through_the_whole_clip(scan):
+    kspace, coords, maps, obj = scan
+    model = _perturbed_imunne().train()
+    cache = FrameCache(kspace, coords, maps)
+    loss, info = streaming_loss(model, cache, slice(0, 5), obj[:5], window=2, lookahead=1, updates=1)
+    assert info["x"].shape == (5, 32, 32) and torch.isfinite(loss)
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+    # warm start: only the first frame's CG start enters, and the last image depends on it
+    # through the chain of all earlier windows (backprop through the whole clip, not per window)
+    start = cache.x0.clone().requires_grad_(True)
+    cache.x0 = start
+    x = streaming_outputs(model, cache, range(0, 5), 2, 1, 1)
+    (grad,) = torch.autograd.grad(x[-1].abs().sum(), start)
+    assert float(grad[0].abs().sum()) > 0 and float(grad[1:].abs().sum()) == 0
+
+
+def test_train_with_the_streaming_term(scan, tmp_path):
+    from recon_core.training.train import TrainConfig, train
+
+    kspace, coords, maps, obj = scan
+    path = str(tmp_path / "scan.npz")
+    np.savez(path, kspace=kspace.numpy(), coords=coords.numpy(), maps=maps.numpy(), target=obj.numpy(),
+             reference=obj.abs().numpy())
+    init = str(tmp_path / "init.safetensors")
+    save_checkpoint(init, _perturbed_imunne(), "imunne", ARCH)
+    cfg = TrainConfig(model="imunne", **ARCH, max_iter=2, window=2, steps=6, lr=3e-3, validate_every=3,
+                      checkpoint_every=1, cg_start_iterations=3, init=init, stream_weight=1.0, stream_clip=7)
+    history = train(cfg, [path], [path], str(tmp_path / "run"), progress=False)
+    assert history["step"] == [1, 2, 3, 4, 5, 6]
+    s = history["stream_loss"]
+    assert len(s) == 6 and np.isfinite(s).all() and s[-1] < 0.95 * s[0], s   # the same clip: it learns
+    assert [v["step"] for v in history["val"]] == [3, 6]
+    assert all(np.isfinite(v["stream_psnr"]) and np.isfinite(v["psnr"]) for v in history["val"])
+    loaded, meta, _ = load_checkpoint(str(tmp_path / "run" / "model.safetensors"))
+    assert meta["kind"] == "imunne" and meta["training"]["steps"] == 6
+
+    with pytest.raises(ValueError, match="noise"):
+        train(TrainConfig(model="imunne", **ARCH, steps=1, stream_weight=1.0, noise_augment=0.1),
+              [path], [path], str(tmp_path / "noisy"), progress=False)
