@@ -3,9 +3,10 @@
 The calibration pool holds the spokes of the latest ``calibration_frames`` frames. When
 it first fills (and every ``refresh`` frames after, if asked), ESPIRiT runs on a worker
 thread; the new maps are swapped in between frames, never computed on the frame path.
-Until the first ESPIRiT maps exist, frames use low-resolution maps from the spokes
-pooled so far (a few ms; recomputed each time the pool doubles), unless ``wait`` holds
-them back (reproducible offline runs).
+sigpy is imported and ESPIRiT run once on a tiny input when the service starts (see
+:func:`recon_core.coils.warm_up_espirit`). Until the first ESPIRiT maps exist, frames use
+low-resolution maps from the spokes pooled so far (a few ms; recomputed each time the pool
+doubles), unless ``wait`` holds them back (reproducible offline runs).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 import torch
 
-from recon_core.coils import calibration_images, espirit_maps, lowres_maps
+from recon_core.coils import calibration_images, espirit_maps, lowres_maps, warm_up_espirit
 
 log = logging.getLogger("rtcine.coilmaps")
 
@@ -35,6 +36,10 @@ class CoilMapService:
         self.source = "none"
         self._fallback: torch.Tensor | None = None
         self._fallback_frames = -1
+        if method == "espirit":
+            took = warm_up_espirit()       # before the first frame, not on the calibration thread
+            if took:
+                log.debug("ESPIRiT warmed up in %.2f s", took)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="espirit")
         self._future: Future | None = None
         self.updates = 0

@@ -72,6 +72,9 @@ class ReconConfig:
     #: prepare each frame (its NUFFTs) and run the stream's gadgets on a thread of their own,
     #: ahead of the reconstruction (false: all on the reconstruction's thread)
     pipeline: bool = True
+    #: CPU threads of each torch/NUFFT call (0: half the cores, at least 1, so that the
+    #: preparation thread and ESPIRiT have the other half; process-wide, set at chain start)
+    threads: int = 0
     #: forward every image to a live viewer (``rtcine view``) at this URL (empty: off)
     view_url: str = ""
 
@@ -87,7 +90,8 @@ class ReconConfig:
         need(self.overload in OVERLOAD_POLICIES, f"overload={self.overload!r}: expected one of {OVERLOAD_POLICIES}")
         need(self.ordering in ("", "golden", "tiny-golden", "linear"),
              f"ordering={self.ordering!r}: expected golden, tiny-golden or linear")
-        for name in ("spokes_per_frame", "frame_stride", "virtual_coils", "coil_map_refresh", "cg_iterations"):
+        for name in ("spokes_per_frame", "frame_stride", "virtual_coils", "coil_map_refresh", "cg_iterations",
+                     "threads"):
             need(getattr(self, name) >= 0, f"{name}={getattr(self, name)}: must be >= 0")
         for name in ("calibration_frames", "compression_spokes", "max_iterations", "window", "queue_size"):
             need(getattr(self, name) >= 1, f"{name}={getattr(self, name)}: must be >= 1")

@@ -76,6 +76,9 @@ def _worker(path, values, speed, offline, queue):
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     keep_freed_memory()          # a fresh (spawned) process: as rtcine and the Gadgetron entry do
+    # a server is up before the scan: its imports and first-call warm-ups are not the scan's
+    from recon_core.coils import warm_up_espirit
+    warm_up_espirit()
     cfg = ReconConfig.from_mapping(values)
     s = replay(path, cfg, realtime=True, speed=speed)
     images = s.pop("images_list")

@@ -134,3 +134,15 @@ def test_prepared_on_a_thread_equals_all_on_one_thread(small_file, tiny_model, r
     assert len(images[True]) == len(images[False]) == 16
     for a, b in zip(images[True], images[False]):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6 * np.abs(b).max())
+
+
+def test_overload_reduce_updates_only_the_newest_frame(small_file, tiny_model):
+    """A network under overload=reduce: every frame still gives one image, in order; the
+    reduced ones say in their meta that one frame got one update."""
+    cfg = _cfg(tiny_model, overload="reduce", queue_size=2, wait_for_maps=False)
+    s = replay(small_file, cfg, realtime=True, speed=1000.0)
+    images = s["images_list"]
+    assert [i.getHead().image_index for i in images] == list(range(1, 17))
+    assert s["reduced_frames"] > 0
+    reduced = [i for i in images if i.meta["rtcine_window"] == "1"]
+    assert reduced and all(i.meta["rtcine_iterations"] == "1" for i in reduced)

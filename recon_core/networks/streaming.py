@@ -24,13 +24,16 @@ import os
 import time
 from collections import deque
 from dataclasses import dataclass
+from types import SimpleNamespace
 
+import numpy as np
 import torch
 
 from ..config import NETWORK_RECONS
 from ..frame_prep import combine, prepare_frame
 from ..operators import RadialSense
 from ..solvers import conjugate_gradient
+from ..trajectory import radial_coordinates
 from .problem import Problem
 
 log = logging.getLogger("rtcine.streaming")
@@ -62,7 +65,7 @@ class _Slot:
     y_w: torch.Tensor         # (C, M), normalised
     rhs: torch.Tensor         # (Y, X), normalised
     x0: torch.Tensor | None   # (Y, X) CG-SENSE start, normalised (cold start only)
-    x: torch.Tensor           # (Y, X) current estimate (warm start), normalised
+    x: torch.Tensor           # (Y, X) current estimate (the start of the next window if warm), normalised
 
 
 class StreamingNetworkRecon:
@@ -80,8 +83,28 @@ class StreamingNetworkRecon:
         self.maps: torch.Tensor | None = None
         self.clock = clock
         self.emitted = 0
-        self.reduced = False            # set by the chain's overload guard: one iteration per window
+        self.reduced = False            # set by the chain's overload guard: one update of the newest frame
         self.held = False               # set by the chain for frames held for the first coil maps
+
+    def warm_up(self, coils: int, spokes: int, samples: int) -> None:
+        """Solve throwaway windows (full and one-frame) on random data of the stream's shape,
+        so that the first frames of the scan do not pay the first calls' costs (memory pools,
+        convolution and FFT plans: the first frames ran at half speed and the stream fell
+        ~10 frames behind before it started). The stream's state is untouched."""
+        shape = self.shape or (samples // 2, samples // 2)
+        g = torch.Generator().manual_seed(0)
+        kspace = torch.randn(coils, spokes, samples, dtype=torch.complex64, generator=g).numpy()
+        coords = radial_coordinates(np.arange(spokes) * np.pi / spokes, samples).astype(np.float32)
+        prep = self.prepare(SimpleNamespace(kspace=kspace, coords=coords))
+        maps = torch.full((coils, *shape), coils ** -0.5, dtype=torch.complex64, device=self.device)
+        rhs = combine(prep.coil_images, maps)
+        rhs = rhs / rhs.abs().max().clamp_min(1e-12)
+        for t in sorted({self.window, 1}):
+            op = RadialSense(prep.coords.expand(t, -1, -1), maps, prep.weights.expand(t, -1),
+                             kernel=prep.kernel.expand(t, -1, -1))
+            problem = Problem(op, prep.y_w.expand(t, -1, -1), rhs.expand(t, -1, -1), rhs.expand(t, -1, -1), 1.0)
+            with torch.no_grad():
+                self.model(problem, max_iter=1, tol=0.0)
 
     # -- per-frame preparation ---------------------------------------------------------
     def prepare(self, frame):
@@ -107,8 +130,7 @@ class StreamingNetworkRecon:
         return _Slot(frame, prep.coords, prep.weights, prep.kernel, prep.y_w / s, rhs[0] / s, x0,
                      x0 if start is None else start)
 
-    def _problem(self, maps) -> Problem:
-        slots = list(self.slots)
+    def _problem(self, maps, slots: list[_Slot]) -> Problem:
         op = RadialSense(torch.stack([s.coords for s in slots]), maps, torch.stack([s.weights for s in slots]),
                          kernel=torch.stack([s.kernel for s in slots]))
         x0 = torch.stack([s.x for s in slots]) if self.cfg.warm_start else torch.stack([s.x0 for s in slots])
@@ -116,7 +138,11 @@ class StreamingNetworkRecon:
 
     # -- solving ---------------------------------------------------------------------
     def _solve(self, maps, deadline_of) -> dict:
-        problem = self._problem(maps)
+        """Update the window (its frames' ``slot.x``); under overload (``reduced``) only its
+        newest frame, once: half the work or less, and the frame to emit keeps the estimate
+        it got as the newest frame."""
+        slots = list(self.slots)[-1:] if self.reduced else list(self.slots)
+        problem = self._problem(maps, slots)
         deadline = None
         if self.cfg.deadline_ms > 0 and deadline_of is not None and not self.held:
             limit = deadline_of.arrival + self.cfg.deadline_ms / 1e3
@@ -124,17 +150,16 @@ class StreamingNetworkRecon:
         with torch.no_grad():
             x, info = self.model(problem, max_iter=1 if self.reduced else self.cfg.max_iterations,
                                  tol=self.cfg.tolerance, deadline=deadline)
-        if self.cfg.warm_start:
-            for slot, xi in zip(self.slots, x):
-                slot.x = xi
-        return {"x": x, **info}
+        for slot, xi in zip(slots, x):
+            slot.x = xi
+        return {**info, "window": len(slots)}
 
-    def _emit(self, index_in_window: int, x: torch.Tensor, info: dict):
+    def _emit(self, index_in_window: int, info: dict):
         slot = list(self.slots)[index_in_window]
-        image = (x[index_in_window] * self.scale).cpu().numpy()
+        image = (slot.x * self.scale).cpu().numpy()
         self.emitted += 1
         return (slot.frame, image, {"recon": self.name, "iterations": int(info["iterations"]),
-                                    "window": len(self.slots), "converged": int(bool(info.get("converged")))})
+                                    "window": info["window"], "converged": int(bool(info.get("converged")))})
 
     def push(self, frame, maps):
         if self.maps is not maps:               # new coil maps: re-prepare the frames in the window
@@ -149,7 +174,7 @@ class StreamingNetworkRecon:
         if pos < 0:
             return []
         info = self._solve(maps, list(self.slots)[pos].frame)
-        return [self._emit(pos, info["x"], info)]
+        return [self._emit(pos, info)]
 
     def flush(self):
         """Emit the frames still waiting for look-ahead (the last window solved once more)."""
@@ -158,9 +183,10 @@ class StreamingNetworkRecon:
         if waiting == 0 or self.maps is None:
             return out
         first = len(self.slots) - waiting
+        self.reduced = False
         info = self._solve(self.maps, list(self.slots)[first].frame)
         for pos in range(first, len(self.slots)):
-            out.append(self._emit(pos, info["x"], info))
+            out.append(self._emit(pos, info))
         return out
 
 
@@ -181,6 +207,8 @@ def _factory(cfg, device, protocol):
     log.info("network %s from %s (%s)", meta["kind"], path, meta.get("training", {}))
     recon = StreamingNetworkRecon(model, cfg, device, shape=(protocol.matrix, protocol.matrix))
     recon.name = cfg.recon
+    recon.warm_up(cfg.virtual_coils or protocol.coils or 1, protocol.spokes_per_frame or 13,
+                  protocol.samples or 2 * protocol.matrix)
     return recon
 
 
