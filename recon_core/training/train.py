@@ -74,6 +74,9 @@ class TrainConfig:
     stream_lookahead: int = 1
     stream_updates: int = 1
     stream_clip: int = 8
+    # weight of the usual window loss (JFB for IMUNNE); 0 with stream_weight > 0 trains for the
+    # streaming schedule alone (a real-time model, no longer trained for its fixed point)
+    window_weight: float = 1.0
 
     def arch(self) -> dict:
         a = {"channels": self.channels, "levels": self.levels, "unshuffle": self.unshuffle, "eta": self.eta}
@@ -192,6 +195,8 @@ def train(cfg: TrainConfig, train_paths, val_paths, out_dir: str, resume: bool =
                 caches.append(FrameCache(k, c, m, cfg.cg_start_iterations))
     val = [load_scan(p) for p in val_paths[:cfg.val_scans]]
     val_caches = None
+    if cfg.window_weight <= 0 and cfg.stream_weight <= 0:
+        raise ValueError("window_weight and stream_weight are both 0: no loss to train on")
     if cfg.stream_weight > 0:
         if caches is None:
             raise ValueError("stream_weight > 0 needs the per-frame cache: supervised training without "
@@ -251,8 +256,11 @@ def train(cfg: TrainConfig, train_paths, val_paths, out_dir: str, resume: bool =
             level = float(rng.uniform(0.0, cfg.noise_augment))
             k = torch.from_numpy(add_kspace_noise(k.cpu().numpy(), level, seed=step)).to(device)
             problem = None                      # built from the noisy k-space by training_loss
-        loss, info = training_loss(cfg, model, k, c, m, target, step, problem)
-        total = loss
+        if cfg.window_weight > 0:
+            loss, info = training_loss(cfg, model, k, c, m, target, step, problem)
+        else:                                   # streaming schedule only: no window loss
+            loss, info = torch.zeros(()), {"iterations": 0}
+        total = cfg.window_weight * loss
         if cfg.stream_weight > 0:
             clip = min(cfg.stream_clip, t_total)
             start = int(clip_rng.integers(0, t_total - clip + 1))
@@ -260,7 +268,7 @@ def train(cfg: TrainConfig, train_paths, val_paths, out_dir: str, resume: bool =
             s_loss, _ = streaming_loss(model, caches[which], frames,
                                        torch.from_numpy(scan["target"][start:start + clip]).to(device),
                                        cfg.stream_window, cfg.stream_lookahead, cfg.stream_updates)
-            total = loss + cfg.stream_weight * s_loss
+            total = total + cfg.stream_weight * s_loss
             stream_losses.append(float(s_loss.detach()))
         opt.zero_grad(set_to_none=True)
         total.backward()
