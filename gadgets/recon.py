@@ -169,6 +169,8 @@ def reconstruct_frames(items, cfg, protocol, stats, clock=time.perf_counter):
         items = ahead = ThreadedSource(_prepared(items, recon.prepare), maxsize=cfg.queue_size, stamp=False,
                                        name="rtcine-prepare")
 
+    used = [maps.source]            # source of the maps the last pushed frame was given
+
     def finish(results, source):
         now = clock()
         for frame, image, info in results:
@@ -184,6 +186,7 @@ def reconstruct_frames(items, cfg, protocol, stats, clock=time.perf_counter):
         recon.reduced = guard.reducing
         recon.held = was_held           # frames held for the first coil maps: no deadline either
         current, source = maps.current()
+        used[0] = source
         yield from finish(recon.push(frame, current), source)
 
     try:
@@ -206,7 +209,7 @@ def reconstruct_frames(items, cfg, protocol, stats, clock=time.perf_counter):
             maps.finish()
             for frame in held:
                 yield from run(frame, was_held=True)
-        yield from finish(recon.flush(), maps.source)
+        yield from finish(recon.flush(), used[0])      # flushed with the maps of the last push
     finally:
         if ahead is not None:
             ahead.close()

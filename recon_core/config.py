@@ -52,7 +52,8 @@ class ReconConfig:
     min_partial_fraction: float = 0.5
     #: torch device ("cpu", "cuda", "cuda:1")
     device: str = "cpu"
-    #: path of the network model (empty: the model shipped with the package)
+    #: path of the network model, or the name of a shipped one (``imunne_rt``: the real-time
+    #: model); empty: the model shipped for ``recon``
     model: str = ""
     #: network fixed point: maximum iterations and relative-change tolerance
     max_iterations: int = 20

@@ -59,6 +59,9 @@ def add_parser(sub):
                    help="streaming loss: network updates R(x) per window (the stream's max_iterations)")
     p.add_argument("--stream-clip", type=int, default=8,
                    help="streaming loss: consecutive frames per clip (memory and time grow with it)")
+    p.add_argument("--stream-burn-in", type=int, default=0,
+                   help="streaming loss: leave out the clip's first frames (they start from the clip's "
+                        "CG-SENSE start; a running stream's frames start from their predecessor's)")
     p.add_argument("--window-weight", type=float, default=1.0,
                    help="weight of the usual window loss (JFB for imunne); 0 with --stream-weight trains "
                         "for the streaming schedule alone (a real-time model)")
@@ -86,7 +89,7 @@ def run(args) -> int:
                       noise_augment=args.noise_augment, stream_weight=args.stream_weight,
                       stream_window=args.stream_window, stream_lookahead=args.stream_lookahead,
                       stream_updates=args.stream_updates, stream_clip=args.stream_clip,
-                      window_weight=args.window_weight)
+                      stream_burn_in=args.stream_burn_in, window_weight=args.window_weight)
     # variants get their own default folder, so they never resume (overwrite) another run's checkpoint
     suffix = ("-heuristic" if args.model == "dune" and args.dc == "heuristic" else "") + \
         ("-final-only" if args.model == "flat" and args.flat_velocity_weight == 0 else "") + \

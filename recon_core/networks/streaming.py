@@ -42,8 +42,15 @@ MODELS_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "models")
 
 
 def model_path(kind: str, path: str = "") -> str:
-    """``path``, or the shipped ``MODELS_DIR/<kind>_small.safetensors``."""
-    return path or os.path.join(MODELS_DIR, f"{kind}_small.safetensors")
+    """The model file: the shipped ``MODELS_DIR/<kind>_small.safetensors`` when ``path`` is
+    empty, the shipped ``MODELS_DIR/<path>_small.safetensors`` when ``path`` names one (e.g.
+    ``imunne_rt``, the real-time model), else ``path`` itself."""
+    if not path:
+        return os.path.join(MODELS_DIR, f"{kind}_small.safetensors")
+    shipped = os.path.join(MODELS_DIR, f"{path}_small.safetensors")
+    if os.sep not in path and not path.endswith(".safetensors") and os.path.exists(shipped):
+        return shipped
+    return path
 
 
 DEFAULT_MODEL = model_path("imunne")
@@ -205,6 +212,15 @@ def _factory(cfg, device, protocol):
         log.info("%s is a finite unrolled network: every window starts from CG-SENSE (no warm start)", cfg.recon)
         cfg = dataclasses.replace(cfg, warm_start=False)
     log.info("network %s from %s (%s)", meta["kind"], path, meta.get("training", {}))
+    trained = meta.get("streaming")     # a model fine-tuned for one streaming schedule says which
+    if trained:
+        asked = {"window": cfg.window, "lookahead": cfg.lookahead, "updates": cfg.max_iterations}
+        differ = {k: (asked[k], v) for k, v in trained.items() if k in asked and asked[k] != v}
+        if differ:
+            log.warning("model %s was trained for window %s, lookahead %s, %s update(s) per window; this "
+                        "chain asks %s: its images will be worse (set window, lookahead and max_iterations "
+                        "as trained)", path, trained.get("window"), trained.get("lookahead"),
+                        trained.get("updates"), ", ".join(f"{k} {a}" for k, (a, _) in differ.items()))
     recon = StreamingNetworkRecon(model, cfg, device, shape=(protocol.matrix, protocol.matrix))
     recon.name = cfg.recon
     recon.warm_up(cfg.virtual_coils or protocol.coils or 1, protocol.spokes_per_frame or 13,

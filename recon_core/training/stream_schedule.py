@@ -81,11 +81,15 @@ def streaming_outputs(model, cache: FrameCache, frames, window: int = 2, lookahe
 
 
 def streaming_loss(model, cache: FrameCache, frames, target: torch.Tensor, window: int = 2, lookahead: int = 1,
-                   updates: int = 1):
+                   updates: int = 1, burn_in: int = 0):
     """Complex L1 (mean) of :func:`streaming_outputs` against ``target (T, Y, X)`` (the
-    clip's targets in the data's units, divided here by the clip's scale): ``(loss, info)``
-    with ``info = {"x": outputs (T, Y, X) detached, normalised, "scale": float}``."""
+    clip's targets in the data's units, divided here by the clip's scale), over the frames
+    after the first ``burn_in`` (which start from the clip's CG-SENSE start, unlike a running
+    stream's): ``(loss, info)`` with ``info = {"x": outputs (T, Y, X) detached, normalised,
+    "scale": float}``."""
     frames = _frame_range(frames, cache.x0.shape[0])
+    if not 0 <= burn_in < len(frames):
+        raise ValueError(f"burn_in={burn_in}: must be in [0, {len(frames)}) for a clip of {len(frames)} frames")
     scale = clip_scale(cache, frames[0])
     x = streaming_outputs(model, cache, frames, window, lookahead, updates, scale)
-    return (x - target / scale).abs().mean(), {"x": x.detach(), "scale": scale}
+    return (x[burn_in:] - target[burn_in:] / scale).abs().mean(), {"x": x.detach(), "scale": scale}

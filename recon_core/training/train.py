@@ -74,6 +74,7 @@ class TrainConfig:
     stream_lookahead: int = 1
     stream_updates: int = 1
     stream_clip: int = 8
+    stream_burn_in: int = 0          # first frames of a clip left out of the streaming loss
     # weight of the usual window loss (JFB for IMUNNE); 0 with stream_weight > 0 trains for the
     # streaming schedule alone (a real-time model, no longer trained for its fixed point)
     window_weight: float = 1.0
@@ -267,7 +268,8 @@ def train(cfg: TrainConfig, train_paths, val_paths, out_dir: str, resume: bool =
             frames = range(start, start + clip)
             s_loss, _ = streaming_loss(model, caches[which], frames,
                                        torch.from_numpy(scan["target"][start:start + clip]).to(device),
-                                       cfg.stream_window, cfg.stream_lookahead, cfg.stream_updates)
+                                       cfg.stream_window, cfg.stream_lookahead, cfg.stream_updates,
+                                       min(cfg.stream_burn_in, clip - 1))
             total = total + cfg.stream_weight * s_loss
             stream_losses.append(float(s_loss.detach()))
         opt.zero_grad(set_to_none=True)
