@@ -190,43 +190,43 @@ class _Replay:
         return self.source.read(nbytes)
 
 
+def _header(source, cls):
+    """Read one fixed-size ISMRMRD header of type ``cls``: ``(raw bytes, parsed header)``."""
+    raw = source.read(ctypes.sizeof(cls))
+    return raw, cls.from_buffer_copy(raw)
+
+
+def _within(value: int, limit: int, claim: str, unit: str = "") -> None:
+    """Refuse a message whose header claims more than ``limit`` before its payload is read."""
+    if value > limit:
+        raise ProtocolError(f"{claim}; rtcine accepts at most {limit}{unit}")
+
+
 def read_acquisition(source) -> ismrmrd.Acquisition:
-    raw = source.read(ctypes.sizeof(ismrmrd.AcquisitionHeader))
-    head = ismrmrd.AcquisitionHeader.from_buffer_copy(raw)
+    raw, head = _header(source, ismrmrd.AcquisitionHeader)
     elements = head.number_of_samples * head.active_channels
-    if elements > MAX_ACQUISITION_ELEMENTS:
-        raise ProtocolError(f"acquisition {head.scan_counter} claims {head.number_of_samples} samples x "
-                            f"{head.active_channels} channels = {elements} values; rtcine accepts at most "
-                            f"{MAX_ACQUISITION_ELEMENTS}")
-    if head.trajectory_dimensions > MAX_TRAJECTORY_DIMENSIONS:
-        raise ProtocolError(f"acquisition {head.scan_counter} claims {head.trajectory_dimensions} trajectory "
-                            f"dimensions; rtcine accepts at most {MAX_TRAJECTORY_DIMENSIONS}")
+    _within(elements, MAX_ACQUISITION_ELEMENTS, f"acquisition {head.scan_counter} claims {head.number_of_samples} "
+            f"samples x {head.active_channels} channels = {elements} values")
+    _within(head.trajectory_dimensions, MAX_TRAJECTORY_DIMENSIONS,
+            f"acquisition {head.scan_counter} claims {head.trajectory_dimensions} trajectory dimensions")
     return ismrmrd.Acquisition.deserialize_from(_Replay(source, raw))
 
 
 def read_image(source) -> ismrmrd.Image:
-    raw = source.read(ctypes.sizeof(ismrmrd.ImageHeader))
-    head = ismrmrd.ImageHeader.from_buffer_copy(raw)
+    raw, head = _header(source, ismrmrd.ImageHeader)
     elements = head.channels * head.matrix_size[0] * head.matrix_size[1] * head.matrix_size[2]
-    if elements > MAX_IMAGE_ELEMENTS:
-        raise ProtocolError(f"image {head.image_index} claims {head.channels} channels x "
-                            f"{tuple(head.matrix_size)} = {elements} pixels; rtcine accepts at most "
-                            f"{MAX_IMAGE_ELEMENTS}")
+    _within(elements, MAX_IMAGE_ELEMENTS, f"image {head.image_index} claims {head.channels} channels x "
+            f"{tuple(head.matrix_size)} = {elements} pixels")
     length_bytes = source.read(8)
     (length,) = struct.unpack("<Q", length_bytes)
-    if length > MAX_XML_BYTES:
-        raise ProtocolError(f"image {head.image_index} claims {length} bytes of meta attributes; rtcine accepts "
-                            f"at most {MAX_XML_BYTES}")
+    _within(length, MAX_XML_BYTES, f"image {head.image_index} claims {length} bytes of meta attributes")
     return ismrmrd.Image.deserialize_from_with_header(raw, _Replay(source, length_bytes))
 
 
 def read_waveform(source) -> ismrmrd.Waveform:
-    raw = source.read(ctypes.sizeof(ismrmrd.WaveformHeader))
-    head = ismrmrd.WaveformHeader.from_buffer_copy(raw)
-    elements = head.channels * head.number_of_samples
-    if elements > MAX_WAVEFORM_ELEMENTS:
-        raise ProtocolError(f"waveform claims {head.channels} channels x {head.number_of_samples} samples; "
-                            f"rtcine accepts at most {MAX_WAVEFORM_ELEMENTS} values")
+    raw, head = _header(source, ismrmrd.WaveformHeader)
+    _within(head.channels * head.number_of_samples, MAX_WAVEFORM_ELEMENTS,
+            f"waveform claims {head.channels} channels x {head.number_of_samples} samples", " values")
     return ismrmrd.Waveform.deserialize_from(_Replay(source, raw))
 
 
