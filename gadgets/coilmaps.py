@@ -66,8 +66,7 @@ class CoilMapService:
 
     def _compute(self, data, coords, method):
         images = calibration_images(data, coords, self.shape)
-        # lowres_maps' default 24-line window does not fit a matrix under 24
-        maps = espirit_maps(images) if method == "espirit" else lowres_maps(images, calib=min(24, *self.shape))
+        maps = espirit_maps(images) if method == "espirit" else lowres_maps(images)
         return torch.from_numpy(maps).to(self.device)
 
     def start_update(self) -> None:

@@ -39,6 +39,27 @@ class Frame:
         return self.kspace.shape[1]
 
 
+class ProfileCounter:
+    """Unwraps the 16-bit profile counter ``idx.kspace_encode_step_1`` of a long stream: a
+    drop of more than half the range (65535 -> 0) counts as a wrap, so spoke 65536 keeps its
+    own golden angle instead of spoke 0's (a real-time scan passes 65536 spokes after 3.3 min
+    at TR 3 ms). Smaller steps back (repeated or reordered spokes) are taken as they come."""
+
+    RANGE = 1 << 16
+
+    def __init__(self):
+        self.last: int | None = None
+        self.wraps = 0
+
+    def __call__(self, counter: int) -> int:
+        if self.last is not None and counter < self.last - self.RANGE // 2:
+            self.wraps += 1
+            log.info("profile counter wrapped (%d -> %d): spokes counted from %d on", self.last, counter,
+                     self.wraps * self.RANGE)
+        self.last = counter
+        return counter + self.wraps * self.RANGE
+
+
 def frame_buffer(items, protocol: RadialProtocol, ordering: str | None, spokes_per_frame: int,
                  stride: int, stats, min_partial_fraction: float = 0.5, clock=time.perf_counter):
     """Group data acquisitions into frames of ``spokes_per_frame`` spokes in arrival order,
@@ -51,6 +72,7 @@ def frame_buffer(items, protocol: RadialProtocol, ordering: str | None, spokes_p
     index = 0
     coils = None
     samples = None
+    counter = ProfileCounter()
     for item in items:
         if (not isinstance(item, ismrmrd.Acquisition) or is_noise(item)
                 or item.encoding_space_ref != 0):
@@ -64,7 +86,8 @@ def frame_buffer(items, protocol: RadialProtocol, ordering: str | None, spokes_p
             raise ValueError(f"acquisition {item.scan_counter}: data shape {item.data.shape} "
                              f"(coils, samples) differs from the stream's {(coils, samples)}")
         stats.spokes += 1
-        window.append((item.data.copy(), acquisition_coordinates(item, protocol, ordering), item))
+        profile = counter(item.idx.kspace_encode_step_1)
+        window.append((item.data.copy(), acquisition_coordinates(item, protocol, ordering, profile), item))
         since_last += 1
         if len(window) == spokes_per_frame and (index == 0 or since_last >= stride):
             stats.frames += 1

@@ -98,9 +98,11 @@ def _centred_ifft(x: np.ndarray) -> np.ndarray:
 def lowres_maps(coil_images: np.ndarray, calib: int = 24, eps: float = 1e-3) -> np.ndarray:
     """Fast maps: coil images low-passed to the central ``calib`` k-space lines (Hann window),
     divided by their root sum of squares. ``(C, Y, X)`` -> ``(C, Y, X)``, sum_c |S|^2 = 1
-    where there is signal, tapering to 0 in the background."""
+    where there is signal, tapering to 0 in the background. ``calib`` is capped at the
+    matrix (a 16x16 image uses all its 16 lines)."""
     ksp = _centred_fft(coil_images)
     ny, nx = ksp.shape[-2:]
+    calib = min(calib, ny, nx)
     wy = np.hanning(calib + 2)[1:-1]
     win = np.zeros((ny, nx))
     cy, cx = ny // 2 - calib // 2, nx // 2 - calib // 2

@@ -162,15 +162,18 @@ def is_noise(acq: ismrmrd.Acquisition) -> bool:
 
 
 def acquisition_coordinates(acq: ismrmrd.Acquisition, protocol: RadialProtocol,
-                            ordering: str | None) -> np.ndarray:
+                            ordering: str | None, profile: int | None = None) -> np.ndarray:
     """k-space coordinates ``(R, 2)`` of one spoke: ``acq.traj`` when present, else from the
-    ordering and the profile counter ``idx.kspace_encode_step_1``."""
+    ordering and the profile counter: ``profile`` (the stream's unwrapped count, see
+    ``gadgets.frames.ProfileCounter``), or ``idx.kspace_encode_step_1`` (16 bits: it wraps
+    after 65536 spokes, 3.3 min at TR 3 ms)."""
     if acq.trajectory_dimensions >= 2 and acq.traj.shape[0] == acq.number_of_samples:
         return np.ascontiguousarray(acq.traj[:, :2], dtype=np.float32)
     if ordering is None:
         raise HeaderError("acquisition has no trajectory and neither the header nor the configuration "
                           "names the radial ordering (set 'ordering' to golden, tiny-golden or linear)")
-    angle = spoke_angles(np.array([acq.idx.kspace_encode_step_1]), ordering,
+    counter = acq.idx.kspace_encode_step_1 if profile is None else profile
+    angle = spoke_angles(np.array([counter]), ordering,
                          protocol.spokes_per_frame, protocol.linear_interleaves)
     return radial_coordinates(angle, acq.number_of_samples)[0]
 

@@ -29,3 +29,17 @@ def test_pca_keeps_the_energy_of_low_rank_data():
     v = pca_compression_matrix(data, 3)
     kept = np.linalg.norm(v @ data) / np.linalg.norm(data)
     assert kept > 0.999
+
+
+def test_lowres_maps_on_a_matrix_smaller_than_the_window():
+    """16x16 coil images (under the default 24-line window): normalised maps, no error."""
+    from recon_core.coils import lowres_maps
+
+    g = np.random.default_rng(0)
+    yy, xx = np.mgrid[-8:8, -8:8]
+    obj = (yy ** 2 + xx ** 2 < 36).astype(float)
+    sens = np.stack([np.exp(1j * (c + 1) * 0.1 * (xx + yy)) * (1 + 0.05 * c) for c in range(4)])
+    maps = lowres_maps((sens * obj + 1e-3 * g.standard_normal((4, 16, 16))).astype(np.complex64))
+    assert maps.shape == (4, 16, 16)
+    rss = np.sqrt((np.abs(maps) ** 2).sum(0))
+    assert np.allclose(rss[obj > 0][:10], 1.0, atol=1e-3)

@@ -34,3 +34,22 @@ def test_header_trajectory_equals_acq_traj(small_file, small_file_notraj):
     finally:
         with_traj.close()
         without.close()
+
+
+def test_profile_counter_unwraps_after_65536_spokes():
+    """The 16-bit counter wraps; the stream's spoke 65536 keeps its own golden angle."""
+    import ismrmrd
+
+    from gadgets.frames import ProfileCounter
+    from recon_core.mrd import RadialProtocol
+    from recon_core.trajectory import radial_coordinates, spoke_angles
+
+    counter = ProfileCounter()
+    assert [counter(c) for c in (65534, 65535, 0, 1, 1, 0)] == [65534, 65535, 65536, 65537, 65537, 65536]
+    protocol = RadialProtocol(matrix=32, samples=64, coils=1, spokes_per_frame=13, ordering="golden",
+                              tr_ms=3.0, fov_mm=300.0)
+    acq = ismrmrd.Acquisition.from_array(np.zeros((1, 64), np.complex64))
+    acq.idx.kspace_encode_step_1 = 0                       # 65536 as the wrapped counter says it
+    expected = radial_coordinates(spoke_angles(np.array([65536]), "golden", 13), 64)[0]
+    np.testing.assert_allclose(acquisition_coordinates(acq, protocol, "golden", profile=65536), expected)
+    assert not np.allclose(acquisition_coordinates(acq, protocol, "golden"), expected)
