@@ -27,9 +27,13 @@ log = logging.getLogger("rtcine.serve")
 IDLE_TIMEOUT_S = 600.0
 
 
+#: connections reconstructed at once by default: each real-time chain wants ~2 cores
+MAX_CONCURRENT = 4
+
+
 def serve(port: int, host: str = "127.0.0.1", cfg=None, max_connections: int = 0,
           ready: threading.Event | None = None, idle_timeout: float | None = IDLE_TIMEOUT_S,
-          send_timeout: float | None = SEND_TIMEOUT_S) -> None:
+          send_timeout: float | None = SEND_TIMEOUT_S, max_concurrent: int = MAX_CONCURRENT) -> None:
     """Accept connections on ``host:port`` and run the chain on each.
 
     ``cfg``: a ReconConfig overriding the chain XML's configuration (None: use the XML's).
@@ -37,6 +41,9 @@ def serve(port: int, host: str = "127.0.0.1", cfg=None, max_connections: int = 0
     the socket listens (``ready.port``, ``ready.address``: where). ``idle_timeout``: close
     a connection on which nothing arrives for this many seconds (None: never);
     ``send_timeout``: give up on a client that reads nothing for this many seconds.
+    ``max_concurrent``: a connection arriving while this many are being served is refused
+    (closed at once, logged at ERROR; 0: no limit), so that scans beyond what the machine
+    can reconstruct in time fail visibly instead of slowing every scan down.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     server = socket.socket(family, socket.SOCK_STREAM)
@@ -54,11 +61,17 @@ def serve(port: int, host: str = "127.0.0.1", cfg=None, max_connections: int = 0
         while not max_connections or served < max_connections:
             sock, address = server.accept()
             served += 1
+            threads = [x for x in threads if x.is_alive()]
+            if max_concurrent and len(threads) >= max_concurrent:
+                log.error("connection %d from %s refused: %d connections are being served (max_concurrent %d)",
+                          served, address, len(threads), max_concurrent)
+                sock.close()
+                continue
             log.info("connection %d from %s", served, address)
             t = threading.Thread(target=_serve_one, args=(sock, cfg, served, idle_timeout, send_timeout),
                                  daemon=True, name=f"rtcine-conn-{served}")
             t.start()
-            threads = [x for x in threads if x.is_alive()] + [t]
+            threads.append(t)
         for t in threads:
             t.join()
     finally:

@@ -94,12 +94,13 @@ def cmd_replay(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from gadgets.serve import serve
+    from gadgets.serve import MAX_CONCURRENT, serve
 
     cfg = _recon_config(args) if (args.config or args.set or args.recon) else None
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s: reachable from other machines", args.host)
-    serve(args.port, args.host, cfg, max_connections=args.max_connections)
+    serve(args.port, args.host, cfg, max_connections=args.max_connections,
+          max_concurrent=MAX_CONCURRENT if args.max_concurrent is None else args.max_concurrent)
     return 0
 
 
@@ -223,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--port", type=int, default=18000)
     v.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1 only)")
     v.add_argument("--max-connections", type=int, default=0, help="stop after N connections (0: never)")
+    v.add_argument("--max-concurrent", type=int, default=None,
+                   help="refuse a connection while N are being served (default 4; 0: no limit)")
     recon_options(v)
     v.set_defaults(func=cmd_serve)
 

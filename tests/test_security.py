@@ -136,3 +136,27 @@ def test_code_in_a_free_text_value_stays_text(tmp_path, caplog):
     assert images_of(exchange(port, message_bytes(bad, header_xml(), items()))) == []
     logged(caplog, "ConfigError: cg_iterations=\"__import__('os').system(", logging.ERROR, wait=10)
     assert not marker.exists()
+
+
+def test_serve_refuses_connections_beyond_max_concurrent(caplog):
+    """With one connection being served and max_concurrent=1, the next is closed at once and
+    logged; the server goes on and ends after the connections asked for."""
+    import logging
+    import socket
+
+    ready = threading.Event()
+    with caplog.at_level(logging.ERROR, logger="rtcine.serve"):
+        t = threading.Thread(target=serve, args=(0,), kwargs={"max_connections": 2, "ready": ready,
+                                                              "max_concurrent": 1}, daemon=True)
+        t.start()
+        assert ready.wait(10)
+        first = socket.create_connection(("127.0.0.1", ready.port))      # served: waits for its config
+        second = socket.create_connection(("127.0.0.1", ready.port))
+        second.settimeout(10)
+        assert second.recv(1) == b""                                     # closed by the server
+        second.close()
+        first.close()
+        t.join(10)
+    assert not t.is_alive()
+    assert "connection 2 from" in caplog.text and "refused: 1 connections are being served (max_concurrent 1)" \
+        in caplog.text
