@@ -21,6 +21,11 @@ class ConfigError(ValueError):
     """A configuration value is unknown, of the wrong type or out of range."""
 
 
+#: most spokes per frame a header or a configuration may ask for: the frame buffer holds
+#: that many spokes before the first frame
+MAX_SPOKES_PER_FRAME = 4096
+
+
 @dataclass
 class ReconConfig:
     #: reconstruction method
@@ -96,6 +101,8 @@ class ReconConfig:
             need(getattr(self, name) >= 0, f"{name}={getattr(self, name)}: must be >= 0")
         for name in ("calibration_frames", "compression_spokes", "max_iterations", "window", "queue_size"):
             need(getattr(self, name) >= 1, f"{name}={getattr(self, name)}: must be >= 1")
+        need(self.spokes_per_frame <= MAX_SPOKES_PER_FRAME,
+             f"spokes_per_frame={self.spokes_per_frame}: at most {MAX_SPOKES_PER_FRAME}")
         need(0 <= self.lookahead < self.window, f"lookahead={self.lookahead}: must be in [0, window)")
         need(0.0 < self.min_partial_fraction <= 1.0, f"min_partial_fraction={self.min_partial_fraction}: must be in (0, 1]")
         need(self.cg_lambda >= 0 and self.tolerance >= 0 and self.deadline_ms >= 0,

@@ -14,15 +14,15 @@ import ismrmrd
 import ismrmrd.xsd as xsd
 import numpy as np
 
+from .config import MAX_SPOKES_PER_FRAME
 from .trajectory import ORDERINGS, radial_coordinates, spoke_angles
 
 TRAJECTORY_ID = "rtcine-radial"
 #: ISMRMRD time stamps count ticks of 2.5 ms (the Siemens convention Gadgetron assumes).
 TICK_SECONDS = 2.5e-3
-#: largest reconstruction matrix and spokes per frame a header may ask for (a header is
-#: input from the network: its sizes decide what the chain allocates)
+#: largest reconstruction matrix a header may ask for (a header is input from the network:
+#: its sizes decide what the chain allocates); spokes per frame: config.MAX_SPOKES_PER_FRAME
 MAX_MATRIX = 1024
-MAX_SPOKES_PER_FRAME = 4096
 
 
 class HeaderError(ValueError):

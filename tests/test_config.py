@@ -41,3 +41,10 @@ def test_yaml_is_safe_loaded(tmp_path):
         ReconConfig.from_yaml(str(p))
     p.write_text("recon: gridding\ncg_iterations: 4\n")
     assert ReconConfig.from_yaml(str(p)).cg_iterations == 4
+
+
+def test_spokes_per_frame_is_bounded():
+    from recon_core.config import MAX_SPOKES_PER_FRAME
+
+    with pytest.raises(ConfigError, match=f"spokes_per_frame=100000: at most {MAX_SPOKES_PER_FRAME}"):
+        ReconConfig(spokes_per_frame=100000)
