@@ -27,9 +27,10 @@ Method presets (override any key with ``--set key=value``, applied to all):
                                       2-frame windows (1 look-ahead), one update per window,
                                       warm start (each frame gets 2 updates before it is
                                       emitted: 2 frame-updates of work per frame, what this CPU
-                                      affords at 25.6 frames/s), overload=reduce from 3
-                                      frames behind (queue_size=3: p99 146 ms against 227 with
-                                      8 on the 120-frame scan, while ESPIRiT shares the cores)
+                                      affords at 25.6 frames/s), overload=reduce from 2
+                                      frames behind (queue_size=2: p99 105-153 ms in 4 runs on
+                                      the 120-frame scan, 135-187 with 3, 207-227 with 8: the
+                                      backlog while ESPIRiT shares the cores)
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ PRESETS = {
     "dune": {"recon": "dune"},
     "flat": {"recon": "flat"},
     "imunne-rt": {"recon": "imunne", "model": "imunne_rt", "warm_start": True, "window": 2,
-                  "lookahead": 1, "max_iterations": 1, "overload": "reduce", "queue_size": 3},
+                  "lookahead": 1, "max_iterations": 1, "overload": "reduce", "queue_size": 2},
 }
 
 
