@@ -27,8 +27,9 @@ log = logging.getLogger("rtcine.serve")
 IDLE_TIMEOUT_S = 600.0
 
 
-#: connections reconstructed at once by default: each real-time chain wants ~2 cores
-MAX_CONCURRENT = 4
+#: connections served at once by default (stuck peers hold a slot until their idle or send
+#: timeout frees it; a real-time chain wants ~2 cores)
+MAX_CONCURRENT = 8
 
 
 def serve(port: int, host: str = "127.0.0.1", cfg=None, max_connections: int = 0,

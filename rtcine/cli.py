@@ -234,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1 only)")
     v.add_argument("--max-connections", type=int, default=0, help="stop after N connections (0: never)")
     v.add_argument("--max-concurrent", type=int, default=None,
-                   help="refuse a connection while N are being served (default 4; 0: no limit)")
+                   help="refuse a connection while N are being served (default 8; 0: no limit)")
     recon_options(v)
     v.set_defaults(func=cmd_serve)
 
