@@ -76,7 +76,8 @@ class _Slot:
 
 
 class StreamingNetworkRecon:
-    """The ``push/flush`` frame reconstructor of the chain for a fixed-point network."""
+    """The ``push/flush`` frame reconstructor of the chain for a network (IMUNNE, or a finite
+    unrolled one started cold in every window)."""
 
     name = "imunne"
 
@@ -96,8 +97,9 @@ class StreamingNetworkRecon:
     def warm_up(self, coils: int, spokes: int, samples: int) -> None:
         """Solve throwaway windows (full and one-frame) on random data of the stream's shape,
         so that the first frames of the scan do not pay the first calls' costs (memory pools,
-        convolution and FFT plans: the first frames ran at half speed and the stream fell
-        ~10 frames behind before it started). The stream's state is untouched."""
+        convolution and FFT plans; not measured on its own: the stream's start was dominated
+        by ESPIRiT's first run, see recon_core.coils.warm_up_espirit). The stream's state is
+        untouched."""
         shape = self.shape or (samples // 2, samples // 2)
         g = torch.Generator().manual_seed(0)
         kspace = torch.randn(coils, spokes, samples, dtype=torch.complex64, generator=g).numpy()
