@@ -34,7 +34,7 @@ from ..frame_prep import combine, prepare_frame
 from ..operators import RadialSense
 from ..solvers import conjugate_gradient
 from ..trajectory import radial_coordinates
-from .problem import Problem
+from .problem import Problem, intensity_scale
 
 log = logging.getLogger("rtcine.streaming")
 
@@ -133,7 +133,7 @@ class StreamingNetworkRecon:
         if start is None or self.scale is None:
             x0 = conjugate_gradient(op.normal, rhs, iterations=self.cg_start)
             if self.scale is None:
-                self.scale = float(torch.quantile(x0.abs().flatten()[::7], 0.99).clamp_min(1e-12))
+                self.scale = intensity_scale(x0)
             x0 = x0[0] / self.scale
         s = self.scale
         return _Slot(frame, prep.coords, prep.weights, prep.kernel, prep.y_w / s, rhs[0] / s, x0,

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import torch
 
-from ..networks.problem import FrameCache, Problem
+from ..networks.problem import FrameCache, Problem, intensity_scale
 from ..operators import RadialSense
 
 
 def clip_scale(cache: FrameCache, first: int) -> float:
-    """The stream's scale: 99th percentile of ``|x0|`` of frame ``first`` (every 7th pixel)."""
-    return float(torch.quantile(cache.x0[first].detach().abs().flatten()[::7], 0.99).clamp_min(1e-12))
+    """The stream's scale: :func:`intensity_scale` of frame ``first``'s CG-SENSE start."""
+    return intensity_scale(cache.x0[first])
 
 
 def _frame_range(frames, total: int) -> range:
