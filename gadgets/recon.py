@@ -216,6 +216,26 @@ def reconstruct_frames(items, cfg, protocol, stats, clock=time.perf_counter):
         maps.close()
 
 
+def warm_up(cfg=None, protocol=None) -> None:
+    """What the first scan should not wait for, done once per process before it: sigpy's
+    import and first ESPIRiT run and, with ``cfg``, its reconstructor built (a network's model
+    loaded and run on throwaway windows: first calls are slow, memory pools and convolution
+    plans, and the process keeps them) for ``protocol``, by default a typical stream
+    (128x128, 8 coils or ``virtual_coils``, 13 spokes). ``rtcine serve`` calls it before it
+    listens, ``rtcine bench`` before each timed replay."""
+    from recon_core.coils import warm_up_espirit
+    from recon_core.mrd import RadialProtocol
+
+    warm_up_espirit()
+    if cfg is None:
+        return
+    if protocol is None:
+        protocol = RadialProtocol(matrix=128, samples=256, coils=cfg.virtual_coils or 8,
+                                  spokes_per_frame=cfg.spokes_per_frame or 13, ordering=None, tr_ms=3.0, fov_mm=300.0)
+    set_threads(cfg.threads)
+    make_reconstructor(cfg, torch.device(cfg.device), protocol)
+
+
 def set_threads(threads: int = 0) -> int:
     """Threads per torch (and finufft) call, process-wide: ``threads``, or 0 for half the
     cores (at least 1). Measured on the 2-core CPU, 400-frame stream, IMUNNE real-time

@@ -10,8 +10,8 @@ One connection cannot hold up another: each has its own thread, its reads are bo
 reading our images is given up after ``send_timeout`` seconds, and one that sends nothing
 for ``idle_timeout`` seconds (the configuration and header included) is closed. A
 connection that fails is logged (at ERROR, with the cause) and closed; the server goes on.
-Before it listens, the server warms up (:func:`warm_up`), so that the first scan does not
-pay for imports and first calls.
+Before it listens, the server warms up (:func:`gadgets.recon.warm_up`), so that the first
+scan does not pay for imports and first calls.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import threading
 
 from .connection import SEND_TIMEOUT_S, open_connection
 from .entry import handle
+from .recon import warm_up
 
 log = logging.getLogger("rtcine.serve")
 
@@ -32,28 +33,6 @@ IDLE_TIMEOUT_S = 600.0
 #: connections served at once by default (stuck peers hold a slot until their idle or send
 #: timeout frees it; a real-time chain wants ~2 cores)
 MAX_CONCURRENT = 8
-
-
-def warm_up(cfg=None) -> None:
-    """What the first scan should not wait for: sigpy's import and first ESPIRiT run and, when
-    ``cfg`` names a network, its model loaded and run on throwaway windows of a typical stream
-    (128x128, 8 coils or ``virtual_coils``, 13 spokes): first calls are slow (memory pools,
-    convolution plans), and the process keeps them for every connection after."""
-    from recon_core.coils import warm_up_espirit
-    from recon_core.config import NETWORK_RECONS
-
-    warm_up_espirit()
-    if cfg is not None and cfg.recon in NETWORK_RECONS:
-        import torch
-
-        from recon_core.mrd import RadialProtocol
-
-        from .recon import make_reconstructor, set_threads
-
-        set_threads(cfg.threads)
-        protocol = RadialProtocol(matrix=128, samples=256, coils=cfg.virtual_coils or 8,
-                                  spokes_per_frame=cfg.spokes_per_frame or 13, ordering=None, tr_ms=3.0, fov_mm=300.0)
-        make_reconstructor(cfg, torch.device(cfg.device), protocol)
 
 
 def serve(port: int, host: str = "127.0.0.1", cfg=None, max_connections: int = 0,

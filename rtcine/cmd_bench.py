@@ -68,24 +68,18 @@ def add_parser(sub):
 
 
 def _warm_up_process(path, cfg) -> None:
-    """What a server has done before the scan, so that it is not timed as the scan's: import
-    and warm up ESPIRiT, build the reconstructor once (its first calls' memory pools and
-    convolution plans are the process's, not the chain's)."""
-    import torch
-
-    from gadgets.recon import make_reconstructor, set_threads
-    from recon_core.coils import warm_up_espirit
+    """What a server has done before the scan (:func:`gadgets.recon.warm_up`, for this file's
+    protocol), so that it is not timed as the scan's."""
+    from gadgets.recon import warm_up
     from recon_core.mrd import open_dataset, protocol_from_header, read_header
 
-    warm_up_espirit()
     dset = open_dataset(path)
     try:
         protocol = protocol_from_header(read_header(dset))
     finally:
         dset.close()
     protocol.spokes_per_frame = cfg.spokes_per_frame or protocol.spokes_per_frame or 13
-    set_threads(cfg.threads)
-    make_reconstructor(cfg, torch.device(cfg.device), protocol)
+    warm_up(cfg, protocol)
 
 
 def _worker(path, values, speed, queue):
@@ -113,11 +107,12 @@ def _worker(path, values, speed, queue):
     result["latencies_ms"] = None
     # steady state: frames reconstructed once the ESPIRiT maps are in (the calibration runs
     # on the second core during the first seconds of a scan)
-    steady = [float(i.meta["rtcine_latency_ms"]) for i in images if i.meta["rtcine_coil_maps"] == "espirit"]
-    result["latency_steady_ms"] = latency_stats(steady) if steady else None
+    steady = [i for i in images if i.meta["rtcine_coil_maps"] == "espirit"]
+    result["latency_steady_ms"] = latency_stats([float(i.meta["rtcine_latency_ms"]) for i in steady]) \
+        if steady else None
     result["steady_frames"] = len(steady)
-    with_maps = [int(i.meta["rtcine_frame"]) for i in images if i.meta["rtcine_coil_maps"] == "espirit"]
-    result["espirit_from_frame"] = min(with_maps) if with_maps else None     # when ESPIRiT's maps came in
+    # when ESPIRiT's maps came in
+    result["espirit_from_frame"] = min(int(i.meta["rtcine_frame"]) for i in steady) if steady else None
     try:
         reference = np.stack([image_frame(i) for i in read_images(path, REFERENCE_GROUP)])
         by_frame = {int(i.meta["rtcine_frame"]): image_frame(i) for i in images}
@@ -166,11 +161,11 @@ def run(args) -> int:
         kind, _, path = item.rpartition("=")
         models[kind or "imunne"] = path
     ctx = mp.get_context("spawn")
-    results = {}
+    results, settings = {}, {}
     for name in args.methods.split(","):
         if name not in PRESETS:
             raise ValueError(f"unknown method preset {name!r}; expected one of {sorted(PRESETS)}")
-        values = dict(PRESETS[name], device=args.device, **overrides)
+        values = settings[name] = dict(PRESETS[name], device=args.device, **overrides)
         if values["recon"] in models:
             values["model"] = models[values["recon"]]
         queue = ctx.Queue()
@@ -184,8 +179,7 @@ def run(args) -> int:
         # one; not the real-time model) converged offline; computed once per model
         from recon_core.config import ReconConfig
         offline = {}
-        for name in results:
-            values = dict(PRESETS[name], device=args.device, **overrides)
+        for name, values in settings.items():
             kind = values["recon"]
             if kind in NETWORK_RECONS:
                 if kind not in offline:
