@@ -31,6 +31,15 @@ def disc_scan(n: int, frames: int, coils: int, spokes: int):
     return kspace, coords, maps, obj
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """The CPU is shared: one thread for a module's tests (``pytest.mark.usefixtures``)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def small_scan():
     """64x64, 8 coils, 13 golden-angle spokes per frame, 16 frames, SNR 30 (in memory)."""

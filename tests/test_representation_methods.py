@@ -17,14 +17,7 @@ from conftest import disc_scan
 DUNE_ARCH = {"channels": 4, "levels": 1, "unshuffle": 2, "eta": 0.5, "latent": 4, "iterations": 2}
 FLAT_ARCH = {"channels": 4, "levels": 2, "unshuffle": 2, "eta": 0.5, "steps": 3}
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The CPU is shared: one thread for these tests."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

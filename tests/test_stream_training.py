@@ -16,14 +16,7 @@ from conftest import disc_scan
 
 ARCH = {"channels": 4, "levels": 2, "unshuffle": 2, "eta": 1.0}
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The CPU is shared: one thread for these tests."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
