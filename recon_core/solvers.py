@@ -65,9 +65,16 @@ class FixedPointResult:
     converged: bool = False
 
 
+def _norm(x: torch.Tensor) -> torch.Tensor:
+    """Frobenius norm of ``x`` as a 0-d real tensor, on ``x``'s device. Over the real view:
+    torch's complex ``norm`` took 0.8 ms for a (2, 128, 128) window on this CPU, this 0.02 ms."""
+    v = torch.view_as_real(x) if x.is_complex() else x
+    return v.square().sum().sqrt()
+
+
 def fixed_point(update: Operator, x0: torch.Tensor, max_iter: int = 30, tol: float = 1e-3,
                 anderson: int = 0, deadline: Callable[[], bool] | None = None,
-                anderson_lam: float = 1e-4) -> FixedPointResult:
+                anderson_lam: float = 1e-4, check_every: int | None = None) -> FixedPointResult:
     """Iterate ``x_{k+1} = update(x_k)`` until ``||x_{k+1}-x_k|| / ||x_k|| < tol``.
 
     Args:
@@ -76,19 +83,26 @@ def fixed_point(update: Operator, x0: torch.Tensor, max_iter: int = 30, tol: flo
         max_iter: maximum number of updates.
         tol: relative-change tolerance (over the whole tensor).
         anderson: Anderson acceleration memory ``m`` (0 = plain iteration).
-        deadline: called before each iteration; if it returns True the loop stops with
-            the current iterate (bounded-latency streaming).
+        deadline: called before an iteration (at the tests, see ``check_every``); if it
+            returns True the loop stops with the current iterate (bounded-latency streaming).
+        check_every: test convergence and the deadline after every ``check_every``
+            iterations (default: 1 on the CPU, 4 on other devices). A test reads the change
+            on the host, which on a GPU waits for the queued work; between tests the
+            iterations queue on the device without a host round trip, so the loop may run
+            up to ``check_every - 1`` iterations past convergence or the deadline.
     """
+    if check_every is None:
+        check_every = 1 if x0.device.type == "cpu" else 4
     x = x0
     changes: list[float] = []
+    pending: list[torch.Tensor] = []      # changes still on the device
     xs: list[torch.Tensor] = []
     gs: list[torch.Tensor] = []
     for k in range(max_iter):
-        if deadline is not None and k > 0 and deadline():
+        if deadline is not None and k > 0 and k % check_every == 0 and deadline():
             return FixedPointResult(x, k, changes, False)
         fx = update(x)
-        change = float((fx - x).norm() / x.norm().clamp_min(1e-30))
-        changes.append(change)
+        pending.append(_norm(fx - x) / _norm(x).clamp_min(1e-30))
         if anderson:
             xs.append(x.flatten())
             gs.append((fx - x).flatten())
@@ -96,8 +110,11 @@ def fixed_point(update: Operator, x0: torch.Tensor, max_iter: int = 30, tol: flo
             x = _anderson_step(xs, gs, anderson_lam).reshape(x.shape) if len(xs) > 1 else fx
         else:
             x = fx
-        if change < tol:
-            return FixedPointResult(x, k + 1, changes, True)
+        if (k + 1) % check_every == 0 or k + 1 == max_iter:
+            changes += torch.stack(pending).tolist()          # the one host read per test
+            pending.clear()
+            if changes[-1] < tol:
+                return FixedPointResult(x, k + 1, changes, True)
     return FixedPointResult(x, max_iter, changes, False)
 
 

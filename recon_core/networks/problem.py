@@ -5,7 +5,7 @@ image's magnitude), so networks see intensities of order one whatever the scanne
 gain; outputs are multiplied back.
 
 The data-consistency gradient is divided by ``lipschitz``, an estimate of the largest
-eigenvalue of ``A^H A``. With density weights that eigenvalue is about the
+eigenvalue of ``A^H A`` (:func:`~recon_core.operators.lipschitz_estimate`). With density weights that eigenvalue is about the
 undersampling factor (pi N / (2 S): ~15 for 13 spokes at N = 128), so an unscaled
 gradient step of size 0.5 diverges. The estimate is ``max |K| / 4`` over the window's
 Toeplitz kernels ``K`` on the 2x grid (free: the kernels exist); measured against power
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..operators import RadialSense
+from ..operators import RadialSense, lipschitz_estimate
 from ..reconstructors import flatten_kspace, make_operator
 from ..solvers import conjugate_gradient
 
@@ -48,11 +48,6 @@ def intensity_scale(x0: torch.Tensor) -> float:
     speed) of a starting image, at least 1e-12. The stream and the streaming loss fix it by
     their first frame, a window's Problem by its whole window."""
     return float(torch.quantile(x0.detach().abs().flatten()[::7], 0.99).clamp_min(1e-12))
-
-
-def lipschitz_estimate(kernel: torch.Tensor) -> float:
-    """``max |K| / 4`` over Toeplitz kernels ``(T, 2Y, 2X)``: about ``lambda_max(A^H A)``."""
-    return float(kernel.abs().amax()) / 4.0
 
 
 def make_problem(kspace: torch.Tensor, coords: torch.Tensor, maps: torch.Tensor, start: str = "cgsense",

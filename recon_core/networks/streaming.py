@@ -73,6 +73,7 @@ class _Slot:
     rhs: torch.Tensor         # (Y, X), normalised
     x0: torch.Tensor | None   # (Y, X) CG-SENSE start, normalised (cold start only)
     x: torch.Tensor           # (Y, X) current estimate (the start of the next window if warm), normalised
+    lipschitz: float          # the frame's lambda_max(A^H A) estimate (PreparedFrame.lipschitz)
 
 
 class StreamingNetworkRecon:
@@ -137,13 +138,14 @@ class StreamingNetworkRecon:
             x0 = x0[0] / self.scale
         s = self.scale
         return _Slot(frame, prep.coords, prep.weights, prep.kernel, prep.y_w / s, rhs[0] / s, x0,
-                     x0 if start is None else start)
+                     x0 if start is None else start, prep.lipschitz)
 
     def _problem(self, maps, slots: list[_Slot]) -> Problem:
         op = RadialSense(torch.stack([s.coords for s in slots]), maps, torch.stack([s.weights for s in slots]),
                          kernel=torch.stack([s.kernel for s in slots]))
         x0 = torch.stack([s.x for s in slots]) if self.cfg.warm_start else torch.stack([s.x0 for s in slots])
-        return Problem(op, torch.stack([s.y_w for s in slots]), torch.stack([s.rhs for s in slots]), x0, self.scale)
+        return Problem(op, torch.stack([s.y_w for s in slots]), torch.stack([s.rhs for s in slots]), x0, self.scale,
+                       lipschitz=max(s.lipschitz for s in slots))      # no host read per window
 
     # -- solving ---------------------------------------------------------------------
     def _solve(self, maps, deadline_of) -> dict:
