@@ -39,9 +39,32 @@ def _depth_to_space(x: torch.Tensor, r: int) -> torch.Tensor:
 
 def _temporal_taps(h: torch.Tensor) -> torch.Tensor:
     """(B, T, C, Y, X) -> (B, T, 3C, Y, X): each frame with its two neighbours (zero padded
-    in time), in the order t-1, t, t+1 of a size-3 temporal kernel."""
-    p = F.pad(h, (0, 0, 0, 0, 0, 0, 1, 1))
-    return torch.cat([p[:, :-2], p[:, 1:-1], p[:, 2:]], dim=2)
+    in time), in the order t-1, t, t+1 of a size-3 temporal kernel. Written into one zeroed
+    tensor (pad + cat copied the data twice: 230 -> 160 us for a 2-frame window)."""
+    c = h.shape[2]
+    out = h.new_zeros(*h.shape[:2], 3 * c, *h.shape[3:])
+    out[:, 1:, :c] = h[:, :-1]
+    out[:, :, c:2 * c] = h
+    out[:, :-1, 2 * c:] = h[:, 1:]
+    return out
+
+
+def _half(v: torch.Tensor) -> torch.Tensor:
+    """2x2 average pooling of ``(N, C, Y, X)`` (even Y, X) as a sum of four strided views: the
+    same values as ``F.avg_pool2d(v, 2)`` (to rounding) in a third of its time on this CPU."""
+    return (v[..., ::2, ::2] + v[..., 1::2, ::2] + v[..., ::2, 1::2] + v[..., 1::2, 1::2]) * 0.25
+
+
+def _unshuffle(v: torch.Tensor, r: int) -> torch.Tensor:
+    """``F.pixel_unshuffle(v, r)`` for ``(N, C, Y, X)`` as one reshape-permute (2x faster here)."""
+    n, c, y, x = v.shape
+    return v.reshape(n, c, y // r, r, x // r, r).permute(0, 1, 3, 5, 2, 4).reshape(n, c * r * r, y // r, x // r)
+
+
+def _shuffle(v: torch.Tensor, r: int) -> torch.Tensor:
+    """``F.pixel_shuffle(v, r)``, the inverse of :func:`_unshuffle`."""
+    n, c, y, x = v.shape
+    return v.reshape(n, c // (r * r), r, r, y, x).permute(0, 1, 4, 2, 5, 3).reshape(n, c // (r * r), y * r, x * r)
 
 
 def _per_frame(fn, h: torch.Tensor) -> torch.Tensor:
@@ -114,14 +137,14 @@ class CUNet(nn.Module):
         """complex (B, T, Y, X) -> real (B, T, 2 r^2, Y/r, X/r): two real channels
         (real, imaginary), space to depth by ``r = unshuffle``."""
         h = torch.stack([x.real, x.imag], dim=2)
-        return _per_frame(lambda v: F.pixel_unshuffle(v, self.unshuffle), h) if self.unshuffle > 1 else h
+        return _per_frame(lambda v: _unshuffle(v, self.unshuffle), h) if self.unshuffle > 1 else h
 
     def unet(self, h: torch.Tensor) -> torch.Tensor:
         """The U-Net on input channels ``h (B, T, 2 r^2, Y/r, X/r)`` -> complex (B, T, Y, X)."""
         skips = []
         for i, stage in enumerate(self.enc):
             if i > 0:
-                h = _per_frame(lambda v: F.avg_pool2d(v, 2), h)
+                h = _per_frame(_half, h)
             h = stage(h)
             skips.append(h)
         for i in reversed(range(self.levels - 1)):
@@ -130,5 +153,5 @@ class CUNet(nn.Module):
             h = self.dec[i](h + skips[i])
         h = _conv3d_as_2d(self.final, h)
         if self.unshuffle > 1:
-            h = _per_frame(lambda v: F.pixel_shuffle(v, self.unshuffle), h)
+            h = _per_frame(lambda v: _shuffle(v, self.unshuffle), h)
         return torch.complex(h[:, :, 0], h[:, :, 1])
