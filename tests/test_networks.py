@@ -2,7 +2,10 @@
 import pytest
 import torch
 
-from recon_core.networks.cunet import CUNet, _depth_to_space, _space_to_depth
+import torch.nn.functional as F
+
+from recon_core.networks.cunet import (CUNet, _conv3d_as_2d, _depth_to_space, _half, _shuffle, _space_to_depth,
+                                       _unshuffle)
 from recon_core.networks.problem import make_problem
 from recon_core.networks.unrolled import build_model
 from recon_core.training.checkpoint import load_checkpoint, save_checkpoint
@@ -21,6 +24,21 @@ def tiny_problem():
 def test_space_to_depth_is_lossless():
     x = torch.randn(2, 3, 4, 8, 8)
     assert torch.equal(_depth_to_space(_space_to_depth(x, 2), 2), x)
+
+
+def test_cunet_fast_paths_equal_the_torch_operations():
+    """The CU-Net's hand-written pooling, (un)shuffle and temporal taps give what the torch
+    operations they replace give, so the shipped weights mean what they were trained as."""
+    g = torch.Generator().manual_seed(0)
+    v = torch.randn(3, 4, 16, 12, generator=g)
+    assert torch.equal(_unshuffle(v, 2), F.pixel_unshuffle(v, 2))
+    assert torch.equal(_shuffle(_unshuffle(v, 2), 2), v)
+    assert torch.allclose(_half(v), F.avg_pool2d(v, 2), atol=1e-6)
+    conv = torch.nn.Conv3d(4, 5, (3, 3, 3), padding=1)
+    h = torch.randn(2, 3, 4, 8, 8, generator=g)                 # (B, T, C, Y, X)
+    expected = conv(h.transpose(1, 2)).transpose(1, 2)            # Conv3d in (B, C, T, Y, X) layout
+    with torch.no_grad():
+        assert torch.allclose(_conv3d_as_2d(conv, h), expected, atol=1e-5)
 
 
 def test_cunet_shapes_and_zero_start():
