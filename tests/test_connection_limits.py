@@ -55,3 +55,21 @@ def test_oversized_claims_are_refused_before_the_payload(kind):
     with pytest.raises(conn.ProtocolError, match="rtcine accepts at most") as err:
         reader(Source(data))                 # the source holds the header only: no payload is read
     assert claim in str(err.value)
+
+
+def test_connection_sockets_send_small_writes_at_once():
+    """Each image goes out as several writes; Nagle's algorithm would hold the later ones
+    until the peer's (delayed, up to 40 ms) ACK. Every connection socket has TCP_NODELAY."""
+    import socket
+
+    from gadgetron.external.connection import Connection
+
+    server = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(server.getsockname())
+    accepted, _ = server.accept()
+    try:
+        wrapper = Connection.SocketWrapper(accepted)
+        assert wrapper.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        for s in (client, accepted, server):
+            s.close()
