@@ -97,10 +97,11 @@ class ReadingStopped(ConnectionError):
 # -- socket wrapper -------------------------------------------------------------------------
 
 def _no_delay(sock) -> None:
-    """Send small writes at once (TCP_NODELAY). A message goes out as several writes (id,
-    header, attributes, data); with Nagle's algorithm on, each write after the first waits
-    for the peer's acknowledgement, which a peer that delays its ACKs (Linux: up to 40 ms)
-    holds back: every image then reached Gadgetron tens of ms late."""
+    """Send small writes at once (TCP_NODELAY), as Gadgetron's own client does. A message goes
+    out as several writes (id, header, attributes, data); with Nagle's algorithm on, a write
+    after the first may wait for the peer's acknowledgement, which a peer that delays its
+    ACKs holds back up to 40 ms. Through Gadgetron 4.7.2 on this machine it made no
+    measurable difference (400 frames: the relay added 11 ms at p50 with and without)."""
     if getattr(sock, "family", None) in (socket.AF_INET, socket.AF_INET6):
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
