@@ -2,7 +2,8 @@
 and the shipped IMUNNE run to convergence offline (the target's reference).
 
     PYTHONPATH=. python benchmarks/realtime_quality.py [--file runs/bench_scan120.h5] [--splits test,test-ood]
-                                                       [--data runs/data] [--updates K] [--json out.json]
+                                                       [--data runs/data] [--updates K] [--rt-model PATH]
+                                                       [--json out.json]
 
 Both models stream with the real-time model's schedule (its YAML's ``streaming:`` window,
 look-ahead and updates per window; ``--updates`` overrides the last), warm start, without
@@ -92,10 +93,12 @@ def main(argv=None) -> int:
     p.add_argument("--file", default="runs/bench_scan120.h5")
     p.add_argument("--splits", default="test,test-ood")
     p.add_argument("--data", default="runs/data")
+    p.add_argument("--rt-model", default="imunne_rt", help="the real-time model (a shipped name or a file)")
     p.add_argument("--updates", type=int, help="updates per window (default: the real-time model's)")
     p.add_argument("--json")
     args = p.parse_args(argv)
-    _, meta = load_model(model_path("imunne", MODELS["imunne_rt"]), "cpu")
+    MODELS["imunne_rt"] = args.rt_model
+    _, meta = load_model(model_path("imunne", args.rt_model), "cpu")
     schedule = dict(meta["streaming"])
     if args.updates:
         schedule["updates"] = args.updates

@@ -105,6 +105,15 @@ def test_train_with_the_streaming_term(scan, tmp_path):
     assert all(np.isfinite(v["stream_psnr"]) and np.isfinite(v["psnr"]) for v in history["val"])
     loaded, meta, _ = load_checkpoint(str(tmp_path / "run" / "model.safetensors"))
     assert meta["kind"] == "imunne" and meta["training"]["steps"] == 6
+    assert "streaming" not in meta                  # still trained for its fixed point: no schedule
+
+    # for the streaming schedule alone (a real-time model): the YAML names the schedule, which
+    # the chain checks, and the model's default iteration count is its updates per window
+    rt = TrainConfig(model="imunne", **ARCH, window=2, steps=1, checkpoint_every=1, validate_every=1, init=init,
+                     stream_weight=1.0, window_weight=0.0, stream_clip=5, stream_updates=2)
+    train(rt, [path], [path], str(tmp_path / "rt"), progress=False)
+    _, meta, _ = load_checkpoint(str(tmp_path / "rt" / "model.safetensors"))
+    assert meta["streaming"] == {"window": 2, "lookahead": 1, "updates": 2} and meta["arch"]["max_iter"] == 2
 
     with pytest.raises(ValueError, match="noise"):
         train(TrainConfig(model="imunne", **ARCH, steps=1, stream_weight=1.0, noise_augment=0.1),

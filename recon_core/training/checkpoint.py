@@ -15,15 +15,16 @@ from ..networks.unrolled import build_model
 
 
 def save_checkpoint(path: str, model: torch.nn.Module, kind: str, arch: dict, training: dict | None = None,
-                    extra_tensors: dict | None = None) -> None:
-    """Write ``path`` (``.safetensors``) and its ``.yaml`` twin atomically."""
+                    extra_tensors: dict | None = None, meta: dict | None = None) -> None:
+    """Write ``path`` (``.safetensors``) and its ``.yaml`` twin atomically; ``meta``: further
+    top-level YAML keys (e.g. ``streaming:``, the schedule a real-time model was trained for)."""
     base = path[:-len(".safetensors")] if path.endswith(".safetensors") else path
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     for k, v in (extra_tensors or {}).items():
         tensors[f"__extra__.{k}"] = v.detach().cpu().contiguous()
     save_file(tensors, base + ".safetensors.tmp")
     with open(base + ".yaml.tmp", "w") as f:
-        yaml.safe_dump({"kind": kind, "arch": arch, "training": training or {}}, f, sort_keys=False)
+        yaml.safe_dump({"kind": kind, "arch": arch, "training": training or {}, **(meta or {})}, f, sort_keys=False)
     os.replace(base + ".safetensors.tmp", base + ".safetensors")
     os.replace(base + ".yaml.tmp", base + ".yaml")
 

@@ -79,10 +79,19 @@ class TrainConfig:
     # streaming schedule alone (a real-time model, no longer trained for its fixed point)
     window_weight: float = 1.0
 
+    def streaming_schedule(self) -> dict | None:
+        """The schedule a real-time model is trained for (streaming loss alone), else None. It
+        goes into the model's YAML (``streaming:``), where the chain checks it."""
+        if self.model != "imunne" or self.stream_weight <= 0 or self.window_weight > 0:
+            return None
+        return {"window": self.stream_window, "lookahead": self.stream_lookahead, "updates": self.stream_updates}
+
     def arch(self) -> dict:
         a = {"channels": self.channels, "levels": self.levels, "unshuffle": self.unshuffle, "eta": self.eta}
         if self.model == "imunne":
-            a.update(max_iter=self.max_iter, tol=self.tol, anderson=self.anderson)
+            schedule = self.streaming_schedule()      # a real-time model runs its trained updates by default
+            a.update(max_iter=schedule["updates"] if schedule else self.max_iter, tol=self.tol,
+                     anderson=self.anderson)
         if self.model == "altun":
             a.update(blocks=self.blocks)
         if self.model == "dune":
@@ -305,8 +314,10 @@ def train(cfg: TrainConfig, train_paths, val_paths, out_dir: str, resume: bool =
             epoch_s = float(np.mean(step_times[-cfg.checkpoint_every:]) * len(scans))
             history["timing"] = {"seconds_per_step": float(np.mean(step_times)), "seconds_per_epoch": epoch_s,
                                  "peak_rss_mb": peak_rss_mb(), "rss_after_data_mb": rss_data}
+            schedule = cfg.streaming_schedule()
             save_checkpoint(ckpt, model, cfg.model, cfg.arch(),
-                            {"steps": step, "val": history["val"][-1:] or None, **history["timing"]})
+                            {"steps": step, "val": history["val"][-1:] or None, **history["timing"]},
+                            meta={"streaming": schedule} if schedule else None)
             torch.save({"opt": opt.state_dict(), "sched": sched.state_dict()}, state_path)
             with open(os.path.join(out_dir, "log.json"), "w") as f:
                 json.dump(history, f, indent=1)
