@@ -24,13 +24,14 @@ Method presets (override any key with ``--set key=value``, applied to all):
                                       altun ships), 5-frame windows from CG-SENSE
   imunne-rt                           real-time setting: the shipped real-time model
                                       (imunne_rt_small: IMUNNE fine-tuned for this schedule),
-                                      2-frame windows (1 look-ahead), one update per window,
-                                      warm start (each frame gets 2 updates before it is
-                                      emitted: 2 frame-updates of work per frame, what this CPU
-                                      affords at 25.6 frames/s), overload=reduce from 2
-                                      frames behind (queue_size=2: p99 105-153 ms in 4 runs on
-                                      the 120-frame scan, 135-187 with 3, 207-227 with 8: the
-                                      backlog while ESPIRiT shares the cores)
+                                      2-frame windows (1 look-ahead), 2 updates per window,
+                                      warm start (each frame gets 4 updates before it is
+                                      emitted: 4 frame-updates of work per frame, ~25 ms of
+                                      this CPU's 39 ms frame interval), the second update
+                                      skipped once a frame is 100 ms old (deadline_ms=100:
+                                      p99 115-121 ms in 3 runs on the 120-frame scan, 152-155
+                                      without, same PSNR), overload=reduce from 2 frames
+                                      behind (queue_size=2)
 """
 from __future__ import annotations
 
@@ -48,7 +49,8 @@ PRESETS = {
     "dune": {"recon": "dune"},
     "flat": {"recon": "flat"},
     "imunne-rt": {"recon": "imunne", "model": "imunne_rt", "warm_start": True, "window": 2,
-                  "lookahead": 1, "max_iterations": 1, "overload": "reduce", "queue_size": 2},
+                  "lookahead": 1, "max_iterations": 2, "deadline_ms": 100, "overload": "reduce",
+                  "queue_size": 2},
 }
 
 

@@ -60,7 +60,7 @@ def test_chain_with_the_shipped_model(heldout):
 
 def test_realtime_model_beats_imunne_on_the_realtime_schedule(heldout):
     """The shipped real-time model (``model=imunne_rt``) on the real-time schedule (2-frame
-    windows, 1 look-ahead, 1 update per window, warm start) is better than the shipped IMUNNE
+    windows, 1 look-ahead, 2 updates per window, warm start) is better than the shipped IMUNNE
     on the same schedule: that is what it was fine-tuned for."""
     from gadgets.images import image_frame
     from gadgets.replay import replay
@@ -70,7 +70,7 @@ def test_realtime_model_beats_imunne_on_the_realtime_schedule(heldout):
     path, scan = heldout
     out = {}
     for model in ("", "imunne_rt"):
-        cfg = ReconConfig(recon="imunne", model=model, window=2, lookahead=1, max_iterations=1, tolerance=0,
+        cfg = ReconConfig(recon="imunne", model=model, window=2, lookahead=1, max_iterations=2, tolerance=0,
                           wait_for_maps=True, calibration_frames=8)
         s = replay(path, cfg)
         assert s["images"] == 8 and not s["fallback"]
@@ -87,7 +87,7 @@ def test_realtime_model_used_off_its_schedule_is_logged(heldout, caplog):
 
     path, _ = heldout
     with caplog.at_level(logging.WARNING, logger="rtcine.streaming"):
-        s = replay(path, ReconConfig(recon="imunne", model="imunne_rt", window=3, lookahead=1, max_iterations=1,
+        s = replay(path, ReconConfig(recon="imunne", model="imunne_rt", window=3, lookahead=1, max_iterations=2,
                                      wait_for_maps=True, calibration_frames=8))
     assert s["images"] == 8
-    assert "trained for window 2, lookahead 1, 1 update(s) per window; this chain asks window 3" in caplog.text
+    assert "trained for window 2, lookahead 1, 2 update(s) per window; this chain asks window 3" in caplog.text

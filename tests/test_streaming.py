@@ -146,3 +146,16 @@ def test_overload_reduce_updates_only_the_newest_frame(small_file, tiny_model):
     assert s["reduced_frames"] > 0
     reduced = [i for i in images if i.meta["rtcine_window"] == "1"]
     assert reduced and all(i.meta["rtcine_iterations"] == "1" for i in reduced)
+
+
+def test_deadline_stops_before_an_update_that_would_end_past_it():
+    """The loop asks before each update but the first; the time since the previous ask is
+    the last update's duration, and an update that would end past the deadline is not begun."""
+    from recon_core.networks.streaming import _Deadline
+
+    now = [0.0]
+    deadline = _Deadline(1.0, lambda: now[0])
+    now[0] = 0.4                        # first update took 0.4 s: a second ends at 0.8
+    assert not deadline()
+    now[0] = 0.75                       # second took 0.35 s: a third would end at 1.1
+    assert deadline()

