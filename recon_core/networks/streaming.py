@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ..config import NETWORK_RECONS
-from ..frame_prep import combine, prepare_frame
+from ..frame_prep import combine, prepare_frame, reproject
 from ..operators import RadialSense
 from ..solvers import conjugate_gradient
 from ..trajectory import radial_coordinates
@@ -174,11 +174,12 @@ class StreamingNetworkRecon:
 
     def push(self, frame, maps):
         if self.maps is not maps:               # new coil maps: re-prepare the frames in the window
-            old = list(self.slots)
+            old, old_maps = list(self.slots), self.maps
             self.slots.clear()
             self.maps = maps
-            for s in old:
-                self.slots.append(self._slot(s.frame, maps, start=s.x if self.cfg.warm_start else None))
+            for s in old:                       # the estimates carried over to the new maps' phase
+                start = reproject(s.x, old_maps, maps) if self.cfg.warm_start else None
+                self.slots.append(self._slot(s.frame, maps, start=start))
         start = self.slots[-1].x if self.cfg.warm_start and self.slots else None
         self.slots.append(self._slot(frame, maps, start=start))
         pos = len(self.slots) - 1 - self.lookahead   # the frame to emit now
