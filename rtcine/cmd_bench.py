@@ -9,7 +9,8 @@ the same file at scanner pace (acquisitions paced by their time stamps, read on 
 their arrival). Reported per method: latency from a frame's last spoke to its image
 (p50/p95/p99/max), sustained output frames per second and its ratio to the acquisition
 frame rate, iterations per frame, skipped frames, peak resident memory, and PSNR/SSIM
-against the file's reference frames (body ROI). For network methods, the reference PSNR
+against the file's reference frames (body ROI; ``PSNR*`` over the steady-state frames, those
+with the ESPIRiT maps, which the first ~1 s of a scan lacks). For network methods, the reference PSNR
 of the kind's model (``--model``, else the shipped one; for ``imunne-rt`` the shipped IMUNNE,
 not the real-time model) run offline to convergence (all frames in one window, 50
 iterations, tol 1e-4) is given too, computed once per kind after the timed runs.
@@ -119,8 +120,9 @@ def _worker(path, values, speed, queue):
         reference = np.stack([image_frame(i) for i in read_images(path, REFERENCE_GROUP)])
         by_frame = {int(i.meta["rtcine_frame"]): image_frame(i) for i in images}
         idx = sorted(k for k in by_frame if k < len(reference))
-        q = score(np.stack([by_frame[k] for k in idx]), reference[idx], roi=True)["mean"]
-        result.update(psnr=q["psnr"], ssim=q["ssim"])
+        q = score(np.stack([by_frame[k] for k in idx]), reference[idx], roi=True)
+        result.update(psnr=q["mean"]["psnr"], ssim=q["mean"]["ssim"],
+                      psnr_frames={k: r["psnr"] for k, r in zip(idx, q["frames"])})
     except Exception as exc:  # a file without references: timing only
         result.update(psnr=float("nan"), ssim=float("nan"), quality_error=str(exc))
     result["iterations_per_frame"] = s["iterations_mean"]
@@ -150,7 +152,19 @@ def _offline_psnr(path, cfg, model: str):
     model, _ = load_model(model_path(cfg.recon, model), "cpu")
     images = network_method(model, max_iter=50, tol=1e-4)(kspace, coords, maps)
     reference = np.stack([image_frame(i) for i in read_images(path, REFERENCE_GROUP)])
-    return score(images, reference[:len(images)], roi=True)["mean"]["psnr"]
+    return [r["psnr"] for r in score(images, reference[:len(images)], roi=True)["frames"]]
+
+
+def _steady_psnr(result: dict, offline: list | None = None) -> float:
+    """Mean PSNR over the steady-state frames (from ``espirit_from_frame`` on) of the run's
+    per-frame PSNRs, or of ``offline``'s over the same frames."""
+    start = result.get("espirit_from_frame")
+    frames = {int(k): v for k, v in (result.get("psnr_frames") or {}).items()}   # str keys once in JSON
+    if start is None or not frames:
+        return float("nan")
+    keys = [k for k in frames if k >= start]
+    values = [offline[k] for k in keys if k < len(offline)] if offline is not None else [frames[k] for k in keys]
+    return float(sum(values) / len(values)) if values else float("nan")
 
 
 def run(args) -> int:
@@ -188,7 +202,10 @@ def run(args) -> int:
                     print(f"offline converged {kind} ...", flush=True)
                     cfg = ReconConfig.from_mapping({k: v for k, v in values.items() if k != "model"})
                     offline[kind] = _offline_psnr(args.input, cfg, models.get(kind, ""))
-                results[name]["offline_psnr"] = offline[kind]
+                results[name]["offline_psnr"] = sum(offline[kind]) / len(offline[kind])
+                results[name]["offline_psnr_steady"] = _steady_psnr(results[name], offline[kind])
+    for r in results.values():
+        r["psnr_steady"] = _steady_psnr(r)
     _print(results)
     _histogram(results, args.histogram)
     print(f"latency histogram: {args.histogram}")
@@ -200,9 +217,11 @@ def run(args) -> int:
 
 def _print(results):
     head = (f"{'method':12s} {'p50':>6s} {'p95':>6s} {'p99':>6s} {'max':>7s} {'p50*':>6s} {'p99*':>6s} "
-            f"{'fps':>6s} {'ratio':>6s} {'iter':>5s} {'skip':>4s} {'RSS MB':>7s} {'PSNR':>6s} {'offline':>7s} {'maps@':>5s}")
+            f"{'fps':>6s} {'ratio':>6s} {'iter':>5s} {'skip':>4s} {'RSS MB':>7s} {'PSNR':>6s} {'PSNR*':>6s} {'offline':>7s} "
+            f"{'offl.*':>6s} {'maps@':>5s}")
     print("latency in ms from a frame's last spoke to its image (* = steady state: frames with the ESPIRiT "
-          "maps); ratio = output fps / acquisition fps; maps@ = first frame with the ESPIRiT maps")
+          "maps); ratio = output fps / acquisition fps; PSNR in dB, body ROI; offline = the kind's model "
+          "converged offline; maps@ = first frame with the ESPIRiT maps")
     print(head)
     for name, r in results.items():
         lat = r["latency_ms"]
@@ -211,7 +230,8 @@ def _print(results):
         print(f"{name:12s} {lat['p50']:6.1f} {lat['p95']:6.1f} {lat['p99']:6.1f} {lat['max']:7.1f} "
               f"{st['p50']:6.1f} {st['p99']:6.1f} "
               f"{r['output_fps']:6.1f} {ratio:6.2f} {r['iterations_per_frame']:5.1f} {r['skipped_frames']:4d} "
-              f"{r['peak_rss_mb']:7.0f} {r['psnr']:6.2f} {r.get('offline_psnr', float('nan')):7.2f} "
+              f"{r['peak_rss_mb']:7.0f} {r['psnr']:6.2f} {r.get('psnr_steady', float('nan')):6.2f} "
+              f"{r.get('offline_psnr', float('nan')):7.2f} {r.get('offline_psnr_steady', float('nan')):6.2f} "
               f"{'-' if r.get('espirit_from_frame') is None else r['espirit_from_frame']:>5}")
 
 
