@@ -235,7 +235,10 @@ def _factory(cfg, device, protocol):
     if cfg.recon != "imunne" and cfg.warm_start:
         log.info("%s is a finite unrolled network: every window starts from CG-SENSE (no warm start)", cfg.recon)
         cfg = dataclasses.replace(cfg, warm_start=False)
-    log.info("network %s from %s (%s)", meta["kind"], path, meta.get("training", {}))
+    training = meta.get("training") or {}
+    val = (training.get("val") or [{}])[-1]
+    log.info("network %s from %s (%s training steps; validation %s)", meta["kind"], path, training.get("steps", "?"),
+             ", ".join(f"{k} {v:.3g}" for k, v in val.items() if k != "step" and isinstance(v, (int, float))) or "-")
     trained = meta.get("streaming")     # a model fine-tuned for one streaming schedule says which
     if trained:
         asked = {"window": cfg.window, "lookahead": cfg.lookahead, "updates": cfg.max_iterations}
