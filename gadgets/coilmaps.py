@@ -2,7 +2,7 @@
 
 The calibration pool holds the spokes of the latest ``calibration_frames`` frames. When
 it first fills (and every ``refresh`` frames after, if asked), ESPIRiT runs on a worker
-thread; the new maps are swapped in between frames, never computed on the frame path.
+thread at lower CPU priority (``ESPIRIT_NICE``); the new maps are swapped in between frames, never computed on the frame path.
 sigpy is imported and ESPIRiT run once on a tiny input when the service starts (see
 :func:`recon_core.coils.warm_up_espirit`). Until the first ESPIRiT maps exist, frames use
 low-resolution maps from the spokes pooled so far (a few ms; recomputed each time the pool
@@ -11,6 +11,8 @@ doubles), unless ``wait`` holds them back (reproducible offline runs).
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -40,7 +42,7 @@ class CoilMapService:
             took = warm_up_espirit()       # before the first frame, not on the calibration thread
             if took:
                 log.debug("ESPIRiT warmed up in %.2f s", took)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="espirit")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="espirit", initializer=_lower_priority)
         self._future: Future | None = None
         self.updates = 0
 
@@ -121,3 +123,22 @@ class CoilMapService:
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+#: how much lower the ESPIRiT thread's CPU priority is than the chain's (Linux ``nice``)
+ESPIRIT_NICE = 10
+
+
+def _lower_priority() -> None:
+    """Run the calling thread (the ESPIRiT thread) at ``ESPIRIT_NICE`` lower priority.
+
+    ESPIRiT takes a core for ~0.6 s at the start of a scan, while the preparation and solver
+    threads need both. Measured on the 2-core CPU, real-time preset, 120 frames, 6 interleaved
+    pairs of runs: p99 100-126 ms niced against 101-151 ms not (3 of 6 at 144-151), PSNR
+    26.34-26.77 against 26.31-26.61 dB; the maps arrive a few frames later (frame 25-36
+    against 19-30). Linux only (a thread is a task there); elsewhere nothing changes."""
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + ESPIRIT_NICE))
+    except (AttributeError, OSError) as exc:        # not Linux, or not permitted: run as is
+        log.debug("ESPIRiT thread priority unchanged: %s", exc)

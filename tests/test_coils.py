@@ -43,3 +43,25 @@ def test_lowres_maps_on_a_matrix_smaller_than_the_window():
     assert maps.shape == (4, 16, 16)
     rss = np.sqrt((np.abs(maps) ** 2).sum(0))
     assert np.allclose(rss[obj > 0][:10], 1.0, atol=1e-3)
+
+
+def test_espirit_thread_runs_at_lower_cpu_priority():
+    """ESPIRiT's thread yields the cores to the preparation and solver threads at the scan's
+    start (Linux: its nice value is ESPIRIT_NICE above the chain's, capped at 19)."""
+    import os
+    import threading
+
+    import pytest
+
+    from gadgets import coilmaps
+
+    if not hasattr(os, "getpriority"):
+        pytest.skip("no per-thread priorities on this platform")
+    service = coilmaps.CoilMapService((16, 16), "espirit", calibration_frames=2)
+    try:
+        mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        worker = service._executor.submit(lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())).result()
+    finally:
+        service.close()
+    assert worker == min(19, mine + coilmaps.ESPIRIT_NICE)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine     # the chain's own thread unchanged
