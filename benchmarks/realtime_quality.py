@@ -31,9 +31,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from recon_core.evaluation import score  # noqa: E402
 
-MODELS = {"imunne": "", "imunne_rt": "imunne_rt"}
-
-
 def file_quality(path: str, model: str, schedule: dict) -> dict:
     from gadgets.images import image_frame
     from gadgets.replay import replay
@@ -54,14 +51,14 @@ def file_converged(path: str) -> dict:
     from recon_core.config import ReconConfig
     from rtcine.cmd_bench import _offline_psnr
 
-    return {"psnr": _offline_psnr(path, ReconConfig(recon="imunne"), "")}
+    per_frame = _offline_psnr(path, ReconConfig(recon="imunne"), "")
+    return {"psnr": float(np.mean(per_frame))}
 
 
 def split_quality(data: str, split: str, model, schedule: dict | None) -> dict:
     """Mean body-ROI PSNR/SSIM over the split's scans, streamed with ``schedule`` (window,
     lookahead, updates) or, when None, converged offline (all frames in one window)."""
     from recon_core.evaluation import network_method
-
     from recon_core.networks.problem import FrameCache
     from recon_core.training.data import load_scan
     from recon_core.training.stream_schedule import clip_scale, streaming_outputs
@@ -97,14 +94,13 @@ def main(argv=None) -> int:
     p.add_argument("--updates", type=int, help="updates per window (default: the real-time model's)")
     p.add_argument("--json")
     args = p.parse_args(argv)
-    MODELS["imunne_rt"] = args.rt_model
     _, meta = load_model(model_path("imunne", args.rt_model), "cpu")
     schedule = dict(meta["streaming"])
     if args.updates:
         schedule["updates"] = args.updates
     splits = list(filter(None, args.splits.split(",")))
     rows = []
-    for name, path in MODELS.items():
+    for name, path in {"imunne": "", "imunne_rt": args.rt_model}.items():
         model, _ = load_model(model_path("imunne", path), "cpu")
         if args.file:
             rows.append({"model": name, "data": args.file, **schedule, **file_quality(args.file, path, schedule)})
