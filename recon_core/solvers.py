@@ -102,10 +102,11 @@ def fixed_point(update: Operator, x0: torch.Tensor, max_iter: int = 30, tol: flo
         if deadline is not None and k > 0 and k % check_every == 0 and deadline():
             return FixedPointResult(x, k, changes, False)
         fx = update(x)
-        pending.append(_norm(fx - x) / _norm(x).clamp_min(1e-30))
+        step = fx - x
+        pending.append(_norm(step) / _norm(x).clamp_min(1e-30))
         if anderson:
             xs.append(x.flatten())
-            gs.append((fx - x).flatten())
+            gs.append(step.flatten())
             xs, gs = xs[-anderson:], gs[-anderson:]
             x = _anderson_step(xs, gs, anderson_lam).reshape(x.shape) if len(xs) > 1 else fx
         else:
