@@ -2,8 +2,8 @@
 
 The calibration pool holds the spokes of the latest ``calibration_frames`` frames. When
 it first fills (and every ``refresh`` frames after, if asked), ESPIRiT runs on a worker
-thread at lower CPU priority (``ESPIRIT_NICE``); the new maps are swapped in between frames, never computed on the frame path.
-sigpy is imported and ESPIRiT run once on a tiny input when the service starts (see
+thread at lower CPU priority (``ESPIRIT_NICE``); the new maps are swapped in between
+frames, never computed on the frame path. sigpy is imported and ESPIRiT run once on a tiny input when the service starts (see
 :func:`recon_core.coils.warm_up_espirit`). Until the first ESPIRiT maps exist, frames use
 low-resolution maps from the spokes pooled so far (a few ms; recomputed each time the pool
 doubles), unless ``wait`` holds them back (reproducible offline runs).

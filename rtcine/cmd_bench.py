@@ -10,8 +10,8 @@ their arrival). Reported per method: latency from a frame's last spoke to its im
 (p50/p95/p99/max), sustained output frames per second and its ratio to the acquisition
 frame rate, iterations per frame, skipped frames, peak resident memory, and PSNR/SSIM
 against the file's reference frames (body ROI; ``PSNR*`` over the steady-state frames, those
-with the ESPIRiT maps, which the first ~1 s of a scan lacks). For network methods, the reference PSNR
-of the kind's model (``--model``, else the shipped one; for ``imunne-rt`` the shipped IMUNNE,
+with the ESPIRiT maps, which the first ~1 s of a scan lacks). For network methods, the
+reference PSNR of the kind's model (``--model``, else the shipped one; for ``imunne-rt`` the shipped IMUNNE,
 not the real-time model) run offline to convergence (all frames in one window, 50
 iterations, tol 1e-4) is given too, computed once per kind after the timed runs.
 
@@ -28,11 +28,11 @@ Method presets (override any key with ``--set key=value``, applied to all):
                                       2-frame windows (1 look-ahead), 2 updates per window,
                                       warm start (each frame gets 4 updates before it is
                                       emitted: 4 frame-updates of work per frame, ~25 ms of
-                                      this CPU's 39 ms frame interval), the second update
-                                      skipped once a frame is 100 ms old (deadline_ms=100:
-                                      p99 115-121 ms in 3 runs on the 120-frame scan, 152-155
-                                      without, same PSNR), overload=reduce from 2 frames
-                                      behind (queue_size=2)
+                                      this CPU's 39 ms frame interval), no update begun that
+                                      would end more than 100 ms after the frame's last spoke
+                                      (deadline_ms=100: p99 99-126 ms in the 8 final runs,
+                                      152-155 without, same PSNR), overload=reduce from 2
+                                      frames behind (queue_size=2)
 """
 from __future__ import annotations
 
@@ -217,8 +217,8 @@ def run(args) -> int:
 
 def _print(results):
     head = (f"{'method':12s} {'p50':>6s} {'p95':>6s} {'p99':>6s} {'max':>7s} {'p50*':>6s} {'p99*':>6s} "
-            f"{'fps':>6s} {'ratio':>6s} {'iter':>5s} {'skip':>4s} {'RSS MB':>7s} {'PSNR':>6s} {'PSNR*':>6s} {'offline':>7s} "
-            f"{'offl.*':>6s} {'maps@':>5s}")
+            f"{'fps':>6s} {'ratio':>6s} {'iter':>5s} {'skip':>4s} {'RSS MB':>7s} {'PSNR':>6s} {'PSNR*':>6s} "
+            f"{'offline':>7s} {'offl.*':>6s} {'maps@':>5s}")
     print("latency in ms from a frame's last spoke to its image (* = steady state: frames with the ESPIRiT "
           "maps); ratio = output fps / acquisition fps; PSNR in dB, body ROI; offline = the kind's model "
           "converged offline; maps@ = first frame with the ESPIRiT maps")

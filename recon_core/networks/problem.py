@@ -5,9 +5,9 @@ image's magnitude), so networks see intensities of order one whatever the scanne
 gain; outputs are multiplied back.
 
 The data-consistency gradient is divided by ``lipschitz``, an estimate of the largest
-eigenvalue of ``A^H A`` (:func:`~recon_core.operators.lipschitz_estimate`). With density weights that eigenvalue is about the
-undersampling factor (pi N / (2 S): ~15 for 13 spokes at N = 128), so an unscaled
-gradient step of size 0.5 diverges. The estimate is ``max |K| / 4`` over the window's
+eigenvalue of ``A^H A`` (:func:`~recon_core.operators.lipschitz_estimate`). With density
+weights that eigenvalue is about the undersampling factor (pi N / (2 S): ~15 for 13 spokes
+at N = 128), so an unscaled gradient step of size 0.5 diverges. The estimate is ``max |K| / 4`` over the window's
 Toeplitz kernels ``K`` on the 2x grid (free: the kernels exist); measured against power
 iteration on simulated 9-21-spoke frames it is within 4-10% below the true value, so
 steps ``eta < 1.8`` stay stable.
