@@ -18,7 +18,7 @@ process, not our .cfl export) divided by its number of frames.
     python benchmarks/bart_pics.py --no-test --no-sweep-bart ...      # parts: see --help
 
 Without a sweep, ours runs at the defaults of :mod:`recon_core.compressed_sensing` (the best
-of the sweep recorded in the README, section "Compressed sensing and BART").
+of the sweep recorded in docs/performance.md, "Compressed sensing against BART and sigpy").
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Time the NUFFT backends on the standard real-time frame (the numbers in README).
+"""Time the NUFFT backends on the standard real-time frame (the numbers in docs/performance.md).
 
     python benchmarks/nufft_backends.py [--matrix 128 --coils 8 --spokes 13]
 """

@@ -58,7 +58,7 @@ def file_converged(path: str) -> dict:
 def split_quality(data: str, split: str, model, schedule: dict | None) -> dict:
     """Mean body-ROI PSNR/SSIM over the split's scans, streamed with ``schedule`` (window,
     lookahead, updates) or, when None, converged offline (all frames in one window)."""
-    from recon_core.evaluation import network_method
+    from recon_core.networks.evaluation import network_method
     from recon_core.networks.problem import FrameCache
     from recon_core.training.data import load_scan
     from recon_core.training.stream_schedule import clip_scale, streaming_outputs

@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from recon_core.networks.flat import psnr_per_step  # noqa: E402
 from recon_core.networks.problem import make_problem  # noqa: E402
-from recon_core.training.checkpoint import load_checkpoint  # noqa: E402
+from recon_core.networks.checkpoint import load_checkpoint  # noqa: E402
 from recon_core.training.data import load_scan  # noqa: E402
 
 

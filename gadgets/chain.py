@@ -1,6 +1,7 @@
 """The chain: ISMRMRD items in, ISMRMRD images (and passed-through items) out.
 
-    acquisitions -> validate_stream -> noise_adjust -> coil_compression -> frame_buffer -> reconstruct_frames -> make_image
+    acquisitions -> validate_stream -> noise_adjust -> coil_compression -> frame_buffer -> gradient_delay_correction
+        -> reconstruct_frames -> make_image
 
 ``validate_stream`` drops, counts and logs bad acquisitions and ends the stream early on
 faults it cannot step over (then the frames complete before are still reconstructed and
@@ -14,7 +15,8 @@ import logging
 from recon_core.mrd import protocol_from_header
 
 from .compression import coil_compression
-from .frames import Frame, frame_buffer
+from .frames import DEFAULT_SPOKES_PER_FRAME, Frame, frame_buffer, frame_plan
+from .gradient_delay import gradient_delay_correction
 from .images import make_image
 from .noise import noise_adjust
 from .recon import reconstruct_frames
@@ -23,7 +25,7 @@ from .validate import validate_stream
 
 log = logging.getLogger("rtcine.chain")
 
-DEFAULT_SPOKES_PER_FRAME = 13
+__all__ = ["DEFAULT_SPOKES_PER_FRAME", "run_chain"]
 
 
 def run_chain(items, header, cfg, stats: ChainStats | None = None):
@@ -39,17 +41,18 @@ def run_chain(items, header, cfg, stats: ChainStats | None = None):
 
 def _run_chain(items, header, cfg, stats: ChainStats):
     protocol = protocol_from_header(header)
-    spf = cfg.spokes_per_frame or protocol.spokes_per_frame or DEFAULT_SPOKES_PER_FRAME
-    protocol.spokes_per_frame = spf
-    stride = cfg.frame_stride or spf
+    plan = frame_plan(cfg.spokes_per_frame, cfg.frame_stride, protocol)
+    protocol.spokes_per_frame = plan.spokes       # the count linear angles and the overload guard use
     ordering = cfg.ordering or protocol.ordering
-    log.info("chain: recon=%s, %d spokes per frame, stride %d, matrix %d, %d coils%s, device %s",
-             cfg.recon, spf, stride, protocol.matrix, protocol.coils,
-             f" -> {cfg.virtual_coils} virtual" if cfg.virtual_coils else "", cfg.device)
+    log.info("chain: recon=%s, matrix %d, %d coils%s, %d slice(s) in the header, device %s",
+             cfg.recon, protocol.matrix, protocol.coils,
+             f" -> {cfg.virtual_coils} virtual" if cfg.virtual_coils else "", protocol.slices, cfg.device)
+    log.info("frames from: %s", plan.describe())
     stream = validate_stream(items, header, protocol, ordering, stats)
     stream = noise_adjust(stream, header, stats, enabled=cfg.prewhiten)
     stream = coil_compression(stream, cfg.virtual_coils, cfg.compression_spokes)
-    stream = frame_buffer(stream, protocol, ordering, spf, stride, stats, cfg.min_partial_fraction)
+    stream = frame_buffer(stream, protocol, ordering, plan, stats=stats, min_partial_fraction=cfg.min_partial_fraction)
+    stream = gradient_delay_correction(stream, cfg, stats)
     for out in reconstruct_frames(stream, cfg, protocol, stats):
         if isinstance(out, tuple) and isinstance(out[0], Frame):
             frame, image, info = out

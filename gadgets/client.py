@@ -13,12 +13,12 @@ The Gadgetron client protocol (Gadgetron 4.x, ``gadgetron_ismrmrd_client``):
 
 A reader thread meanwhile receives images (1022) and text (5: Gadgetron's error
 messages) until the server's CLOSE. The latency of a frame runs from the moment its last
-spoke was written to the socket to the moment its image (``image_index = frame + 1``)
-was received. Frames are counted as our chain counts them (``gadgets.frames``): a frame
-every ``frame_stride`` spokes once ``spokes_per_frame`` spokes are in, with the values of
-the chain's ``<configuration>`` when the chain is a local file, else the header's (the
-chain frames by count, not by ``ACQ_LAST_IN_REPETITION``; in our simulated files the
-two agree). A trailing partial frame counts when its image comes back.
+spoke was written to the socket (with ``realtime``: was ready to be written, so that a write
+held up by a server that does not read, as while it starts, counts) to the moment its image
+(``image_index = frame + 1``) was received. Frames are cut as our chain cuts them (``gadgets.frames.frame_buffer`` on the
+acquisitions sent: the stream's markers, else the header's count, or ``spokes_per_frame``
+/ ``frame_stride`` of the chain's ``<configuration>`` when the chain is a local file),
+one cine per slice; images are matched to frames by ``(slice, image_index)``.
 
 Usage: ``rtcine replay IN.h5 --server HOST:PORT --chain chains/rtcine_cgsense.xml [--realtime]``.
 """
@@ -36,10 +36,12 @@ import ismrmrd
 import numpy as np
 
 from recon_core.metrics import latency_stats
-from recon_core.mrd import TICK_SECONDS, HeaderError, open_dataset, protocol_from_header, read_header
+from recon_core.mrd import (TICK_SECONDS, HeaderError, RadialProtocol, non_imaging_kind, open_dataset,
+                            protocol_from_header, read_header)
 
-from .feeder import paced
-from .replay import OUTPUT_GROUP
+from .feeder import ARRIVAL, paced
+from .frames import DEFAULT_SPOKES_PER_FRAME, Frame, FramePlan, frame_buffer, frame_plan
+from .replay import OUTPUT_GROUP, open_output
 from .stats import ChainStats
 
 log = logging.getLogger("rtcine.client")
@@ -47,10 +49,9 @@ log = logging.getLogger("rtcine.client")
 #: Gadgetron message ids (apps/clients/gadgetron_ismrmrd_client and ismrmrd.serialization)
 CONFIG_FILE, CONFIG_TEXT, HEADER, CLOSE, TEXT = 1, 2, 3, 4, 5
 _CONFIG_FILE_SIZE = 1024
-DEFAULT_SPOKES_PER_FRAME = 13
 #: the chain sent when none is named: the repository's default chain
 DEFAULT_CHAIN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "chains",
-                             "rtcine_cgsense.xml")
+                             "rtcine_connect.xml")
 
 
 class ServerError(ConnectionError):
@@ -71,7 +72,8 @@ def chain_message(chain: str | None) -> tuple[int, bytes, str]:
 
     An existing file is sent as its XML text (CONFIG_TEXT, like ``-C``); a bare name such
     as ``default.xml`` names a chain on the server (CONFIG_FILE, like ``-c``); None sends
-    the repository's ``chains/rtcine_cgsense.xml``."""
+    the repository's deployment chain ``chains/rtcine_connect.xml`` (to a Gadgetron: handed on to the
+    ``rtcine serve`` on port 18000; to an ``rtcine serve``: its realtime preset)."""
     if chain is None:
         if not os.path.isfile(DEFAULT_CHAIN):
             raise FileNotFoundError(f"no chain given and the default {DEFAULT_CHAIN} is missing: pass --chain")
@@ -191,25 +193,36 @@ def replay_to_server(path: str, server: str, chain: str | None = None, out: str 
     except HeaderError as exc:
         log.warning("%s: %s; frames are counted with %d spokes", path, exc, DEFAULT_SPOKES_PER_FRAME)
         protocol = None
-    spf = _int(props.get("spokes_per_frame"), 0) or (protocol.spokes_per_frame if protocol else 0) \
-        or DEFAULT_SPOKES_PER_FRAME
-    stride = _int(props.get("frame_stride"), 0) or spf
+    spf_prop, stride_prop = _int(props.get("spokes_per_frame"), 0), _int(props.get("frame_stride"), 0)
+    if protocol is not None:
+        plan = frame_plan(spf_prop, stride_prop, protocol)
+        protocol.spokes_per_frame = plan.spokes
+    else:
+        spf = spf_prop or DEFAULT_SPOKES_PER_FRAME
+        plan = FramePlan(spf, stride_prop or spf, "configuration" if spf_prop else "default", False, spf)
+        protocol = RadialProtocol(matrix=1, samples=0, coils=0, spokes_per_frame=spf, ordering="golden",
+                                  tr_ms=0.0, fov_mm=0.0)
+    stride = plan.stride
+    ordering = props.get("ordering") or protocol.ordering or "golden"    # only for counting frames here
+    try:
+        min_partial = float(props.get("min_partial_fraction", 0.5))
+    except ValueError:
+        min_partial = 0.5
+    framing = ChainStats()              # the frames as the chain cuts them (gadgets.frames on what was sent)
 
-    sent_at: dict[int, float] = {}      # frame index -> time its last spoke was written
-    received: dict[int, float] = {}     # image_index - 1 -> arrival time
+    sent_at: dict[tuple, float] = {}    # (slice, frame index) -> time its last spoke was written
+    received: dict[tuple, float] = {}   # (slice, image_index - 1) -> arrival time
     images: list = []
     lock = threading.Lock()
 
     def on_image(img, now):
         with lock:
             images.append(img)
-            received.setdefault(img.getHead().image_index - 1, now)
+            head = img.getHead()
+            received.setdefault((head.slice, head.image_index - 1), now)
 
     counts = {"noise": 0, "spokes": 0, "waveforms": 0}
     errors: list[str] = []
-    frames = 0
-    since_last = 0
-    last_spoke_time = None
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
     except OSError as exc:
@@ -229,25 +242,38 @@ def replay_to_server(path: str, server: str, chain: str | None = None, out: str 
         items = _send_items(dset)
         if realtime:
             items = paced(items, TICK_SECONDS, speed)
-        for item in items:
-            ser.serialize(item)
-            wfile.flush()
-            if isinstance(item, ismrmrd.Waveform):
-                counts["waveforms"] += 1
-                continue
-            if item.is_flag_set(ismrmrd.ACQ_IS_NOISE_MEASUREMENT):
-                counts["noise"] += 1
-                continue
-            if item.encoding_space_ref != 0:
-                continue
-            now = time.perf_counter()
-            counts["spokes"] += 1
-            since_last += 1
-            last_spoke_time = now
-            if counts["spokes"] >= spf and (frames == 0 or since_last >= stride):
-                sent_at[frames] = now
-                frames += 1
-                since_last = 0
+
+        shapes: dict = {}
+
+        def sent(items):
+            for item in items:
+                ready = time.perf_counter()      # paced: the scanner has the spoke now; the write may block
+                ser.serialize(item)
+                wfile.flush()
+                if isinstance(item, ismrmrd.Waveform):
+                    counts["waveforms"] += 1
+                    continue
+                if item.is_flag_set(ismrmrd.ACQ_IS_NOISE_MEASUREMENT):
+                    counts["noise"] += 1
+                    continue
+                kind = non_imaging_kind(item)
+                if kind is not None:
+                    framing.non_imaging[kind] = framing.non_imaging.get(kind, 0) + 1
+                    continue
+                counts["spokes"] += 1
+                shape = item.data.shape
+                if 0 in shape or shape != shapes.setdefault("spoke", shape):
+                    continue                 # the chain drops it (gadgets/validate.py): no frame counts it
+                # a frame's clock starts when its last spoke is out or, paced, when it was ready to be
+                # written: a scanner does not wait for a server that is not reading (start-up, backlog),
+                # so a blocked write counts (a late wake-up of this emulator does not)
+                setattr(item, ARRIVAL, ready if realtime else time.perf_counter())
+                yield item
+
+        for framed in frame_buffer(sent(items), protocol, ordering, plan, stats=framing,
+                                min_partial_fraction=min_partial):
+            if isinstance(framed, Frame):
+                sent_at[(framed.slice, framed.index)] = framed.arrival
         ser.close()
     except OSError as exc:  # the server went away (broken pipe, reset) or stopped reading (timeout)
         errors.append(f"sending stopped: {type(exc).__name__}: {exc}")
@@ -269,10 +295,10 @@ def replay_to_server(path: str, server: str, chain: str | None = None, out: str 
     _close(sock)
 
     with lock:
-        images = sorted(images, key=lambda i: i.getHead().image_index)
+        images = sorted(images, key=lambda i: (i.getHead().slice, i.getHead().image_index))
         arrivals = dict(received)
     if out:
-        writer = ismrmrd.Dataset(out, "dataset", create_if_needed=True)
+        writer = open_output(out, path)
         try:
             writer.write_xml_header(raw_header.decode("utf-8"))
             for img in images:
@@ -280,16 +306,12 @@ def replay_to_server(path: str, server: str, chain: str | None = None, out: str 
         finally:
             writer.close()
 
-    # a trailing partial frame: its spokes were all sent by the time of the last spoke
-    trailing = since_last if frames else counts["spokes"]
-    partial = 0
-    if trailing and frames in arrivals and last_spoke_time is not None:
-        sent_at[frames] = last_spoke_time
-        partial = 1
+    frames = framing.frames
     frame_latencies = {k: (arrivals[k] - sent_at[k]) * 1e3 for k in sorted(sent_at) if k in arrivals}
-    missing = [k for k in range(frames) if k not in arrivals]
+    missing = [k for k in sorted(sent_at) if k not in arrivals]
     if missing:
-        log.warning("%d of %d frames got no image (first: frame %d)", len(missing), frames, missing[0])
+        log.warning("%d of %d frames got no image (first: frame %d of slice %d)", len(missing), frames,
+                    missing[0][1], missing[0][0])
     def meta_floats(key):
         values = []
         for img in images:
@@ -301,21 +323,23 @@ def replay_to_server(path: str, server: str, chain: str | None = None, out: str 
 
     iterations = meta_floats("rtcine_iterations")
     recon = "unknown"
-    if images and "rtcine_recon" in images[0].meta:
-        recon = str(images[0].meta["rtcine_recon"])
+    named = [str(i.meta["rtcine_recon"]) for i in images if "rtcine_recon" in i.meta.keys()]
+    if named:       # the most frequent (frames far behind may have their gridding image only)
+        recon = max(set(named), key=named.count)
     elif props.get("recon"):
         recon = props["recon"]
     tr_ms = protocol.tr_ms if protocol is not None else 0.0
     # the keys of a local replay's summary (ChainStats), filled from what the client saw
     summary = ChainStats().summary()
     summary.update({
-        "noise_acquisitions": counts["noise"], "spokes": counts["spokes"], "frames": frames + partial,
-        "images": len(images), "partial_frames": partial, "dropped_spokes": 0 if partial else trailing,
-        "skipped_frames": len(missing), "passed_through": receiver.other,
+        "noise_acquisitions": counts["noise"], "spokes": counts["spokes"], "frames": frames,
+        "images": len(images), "partial_frames": framing.partial_frames, "dropped_spokes": framing.dropped_spokes,
+        "skipped_frames": len(missing), "passed_through": receiver.other, "frames_from": framing.frames_from,
+        "slices": framing.slices, "slices_ended": framing.slices_ended, "non_imaging": dict(framing.non_imaging),
         "latency_ms": latency_stats(frame_latencies.values()), "errors": errors,
     })
     if "skipped" in summary:
-        summary["skipped"] = missing
+        summary["skipped"] = [index for _, index in missing]
     if "iterations_mean" in summary:
         summary["iterations_mean"] = float(np.mean(iterations)) if iterations else 0.0
     if "reduced_frames" in summary and iterations:

@@ -7,7 +7,7 @@ import ismrmrd
 import numpy as np
 
 from recon_core.coils import pca_compression_matrix
-from recon_core.mrd import is_noise
+from recon_core.mrd import is_imaging, is_noise
 
 from .feeder import ARRIVAL
 
@@ -29,9 +29,10 @@ def _compress(acq: ismrmrd.Acquisition, matrix: np.ndarray) -> ismrmrd.Acquisiti
 
 
 def coil_compression(items, virtual_coils: int, training_spokes: int = 64):
-    """Compress acquisitions to ``virtual_coils`` principal components computed from the
-    first ``training_spokes`` data acquisitions (held back until then, then released in
-    order). ``virtual_coils=0`` passes everything unchanged."""
+    """Compress imaging spokes to ``virtual_coils`` principal components computed from the
+    first ``training_spokes`` of them (held back until then, then released in order; other
+    items are held with them, non-imaging acquisitions pass uncompressed).
+    ``virtual_coils=0`` passes everything unchanged."""
     if virtual_coils <= 0:
         yield from items
         return
@@ -40,7 +41,8 @@ def coil_compression(items, virtual_coils: int, training_spokes: int = 64):
 
     def release():
         nonlocal matrix
-        data = np.concatenate([a.data for a in held if isinstance(a, ismrmrd.Acquisition)], axis=1)
+        data = np.concatenate([a.data for a in held if isinstance(a, ismrmrd.Acquisition) and is_imaging(a)],
+                              axis=1)
         if virtual_coils >= data.shape[0]:
             log.info("virtual_coils=%d >= %d receive coils: no compression", virtual_coils, data.shape[0])
             matrix = np.eye(data.shape[0], dtype=np.complex64)
@@ -48,21 +50,21 @@ def coil_compression(items, virtual_coils: int, training_spokes: int = 64):
             matrix = pca_compression_matrix(data, virtual_coils)
             log.info("PCA coil compression %d -> %d coils", data.shape[0], virtual_coils)
         for a in held:
-            yield _compress(a, matrix) if isinstance(a, ismrmrd.Acquisition) else a
+            yield _compress(a, matrix) if isinstance(a, ismrmrd.Acquisition) and is_imaging(a) else a
         held.clear()
 
     for item in items:
-        is_data = isinstance(item, ismrmrd.Acquisition) and not is_noise(item)
+        is_data = isinstance(item, ismrmrd.Acquisition) and is_imaging(item)
         if matrix is None:
             if isinstance(item, ismrmrd.Acquisition) and is_noise(item):
                 yield item
                 continue
             held.append(item)
-            if sum(isinstance(a, ismrmrd.Acquisition) for a in held) >= training_spokes:
+            if is_data and sum(isinstance(a, ismrmrd.Acquisition) and is_imaging(a) for a in held) >= training_spokes:
                 yield from release()
             continue
         yield _compress(item, matrix) if is_data else item
-    if held and matrix is None and any(isinstance(a, ismrmrd.Acquisition) for a in held):
+    if held and matrix is None and any(isinstance(a, ismrmrd.Acquisition) and is_imaging(a) for a in held):
         yield from release()
     else:
         yield from held

@@ -8,15 +8,17 @@ Gadgetron run ``python -m gadgetron <port> gadgets.entry reconstruct``; the
 from __future__ import annotations
 
 import logging
+import select
 
 import ismrmrd
 
 from recon_core.allocator import keep_freed_memory
 from recon_core.config import ReconConfig
+from recon_core.mrd import TICK_SECONDS
 
 from .chain import run_chain
 from .connection import harden, stop_reading
-from .feeder import ThreadedSource
+from .feeder import ThreadedSource, process_start, stream_clock
 from .stats import ChainStats
 from .validate import StreamError
 
@@ -38,13 +40,15 @@ def config_from_xml(element) -> ReconConfig:
     return ReconConfig.from_mapping(values)
 
 
-def handle(connection, cfg: ReconConfig | None = None) -> ChainStats:
+def handle(connection, cfg: ReconConfig | None = None, stream_start: float | None = None) -> ChainStats:
     """Run the chain on a gadgetron ``connection``: read items, send images and passed-on items.
 
     A fault in the input (see gadgets/validate.py: a coil count change, a truncated or
     unknown message, a peer gone) ends the stream early: the images of the frames complete
     before it are sent, then :class:`StreamError` is raised. Every error is logged here at
     ERROR with its cause, and marked ``rtcine_logged`` so that callers do not repeat it.
+    ``stream_start``: when the stream began (``time.perf_counter()``), if before this call
+    (see :func:`gadgets.feeder.stream_clock`).
     """
     stats = ChainStats()
     source = None
@@ -52,8 +56,10 @@ def handle(connection, cfg: ReconConfig | None = None) -> ChainStats:
         harden(connection)
         cfg = cfg if cfg is not None else config_from_xml(connection.config)
         # read on a thread of its own: arrival times are stamped when items leave the socket,
-        # and the bounded queue holds at most queue_size frames' worth of spokes
-        source = ThreadedSource(iter(connection), maxsize=cfg.queue_size * 64)
+        # corrected by the stream's time stamps for a backlog waiting in the socket
+        # (feeder.stream_clock), and the bounded queue holds at most queue_size frames' worth of spokes
+        source = ThreadedSource(stream_clock(iter(connection), TICK_SECONDS, stream_start, _readable(connection)),
+                                maxsize=cfg.queue_size * 64)
         for item in run_chain(source, connection.header, cfg, stats):
             try:
                 connection.send(item)
@@ -82,6 +88,20 @@ def handle(connection, cfg: ReconConfig | None = None) -> ChainStats:
     return stats
 
 
+def _readable(connection):
+    """``waiting()`` for :func:`gadgets.feeder.stream_clock`: whether bytes wait in the socket."""
+    sock = getattr(getattr(connection, "socket", None), "socket", None)
+    if sock is None:
+        return None
+
+    def waiting() -> bool:
+        try:
+            return bool(select.select([sock], [], [], 0)[0])
+        except (OSError, ValueError):
+            return False
+    return waiting
+
+
 def _brief(stats: ChainStats) -> str:
     s = stats.summary()
     lat = s["latency_ms"]
@@ -91,6 +111,10 @@ def _brief(stats: ChainStats) -> str:
                                                           "gaps", "skipped_frames") if s[k]]
     if problems:
         text += "; " + ", ".join(problems)
+    if s.get("slices", 0) > 1:
+        text += f"; {s['slices']} slices"
+    if s.get("non_imaging"):
+        text += "; non-imaging acquisitions passed on: " + ", ".join(f"{k} x{v}" for k, v in s["non_imaging"].items())
     if s["fallback"]:
         text += f"; fallback: {s['fallback']}"
     if s["stream_error"]:
@@ -99,7 +123,9 @@ def _brief(stats: ChainStats) -> str:
 
 
 def reconstruct(connection) -> None:
-    """The ``<execute>`` target: configuration from the chain XML."""
+    """The ``<execute>`` target: configuration from the chain XML. Gadgetron starts this process
+    when the stream begins, so the spokes have been arriving since the process started: the
+    chain counts their latency from then (:func:`gadgets.feeder.stream_clock`)."""
     logging.getLogger().setLevel(logging.INFO)
     keep_freed_memory()
-    handle(connection)
+    handle(connection, stream_start=process_start())

@@ -7,6 +7,7 @@ chain got round to it. So items are read on a thread of their own, stamped with
 """
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -99,3 +100,60 @@ class ThreadedSource:
                     raise self._error
                 return
             yield item
+
+
+def stream_clock(items, tick_seconds: float, start: float | None = None, waiting=None, clock=time.perf_counter):
+    """Stamp each acquisition's arrival, counting a backlog that waited out of sight, for a
+    stream read from a socket (``<execute>``: the spokes wait in the socket while Python
+    imports torch and loads the model; a reader held up by a full queue).
+
+    ``waiting()`` says whether the next item is already there before it is read (the
+    socket is readable). An acquisition read at the *live edge* (nothing was waiting) arrived
+    when it was read, and anchors the stream's time stamps (``acquisition_time_stamp``,
+    ticks of ``tick_seconds``: a scanner stamps each acquisition as it acquires it) to this
+    clock. One read from a *backlog* (it was waiting) arrived, by its stamp, ``stamp -
+    anchor stamp`` after the anchor (never later than it was read). The first anchor is
+    ``start`` (when the stream began, if known: for ``<execute>``, when Gadgetron started this
+    process), else the first read. So a stream whose sender is slow (every item read at the
+    live edge) is not taken as late, and one drained from a backlog is. A stamp that goes back
+    (midnight, a new clock) re-anchors; items without a stamp arrive when read; without
+    ``waiting``, every read is at the live edge (arrival = read time after the first)."""
+    offset = None
+    last = None
+    iterator = iter(items)
+    while True:
+        backlog = bool(waiting()) if waiting is not None else False
+        try:
+            item = next(iterator)
+        except StopIteration:
+            return
+        now = clock()
+        arrival = now
+        stamp = getattr(item, "acquisition_time_stamp", 0)
+        if stamp:
+            t = stamp * tick_seconds
+            if offset is None:
+                offset = (start if start is not None and start <= now else now) - t
+            elif not backlog or t < last:
+                offset = now - t
+            last = t
+            arrival = min(now, t + offset)
+        try:
+            if getattr(item, ARRIVAL, None) is None:
+                setattr(item, ARRIVAL, arrival)
+        except AttributeError:
+            pass
+        yield item
+
+
+def process_start(clock=time.perf_counter) -> float | None:
+    """When this process started, on ``clock``'s scale (Linux: from /proc; None elsewhere)."""
+    try:
+        with open("/proc/self/stat") as f:
+            started = int(f.read().rsplit(")", 1)[1].split()[19])     # field 22: starttime, in clock ticks
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        age = uptime - started / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+    return clock() - max(0.0, age)

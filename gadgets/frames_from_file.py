@@ -4,26 +4,26 @@ from __future__ import annotations
 
 from recon_core.mrd import open_dataset, protocol_from_header, read_acquisitions, read_header
 
-from .chain import DEFAULT_SPOKES_PER_FRAME
 from .compression import coil_compression
-from .frames import Frame, frame_buffer
+from .frames import Frame, frame_buffer, frame_plan
 from .noise import noise_adjust
 from .stats import ChainStats
 
 
 def load_frames(path: str, cfg):
-    """Return ``(protocol, frames)``: the file's frames after the chain's input stages."""
+    """Return ``(protocol, frames)``: the file's frames after the chain's input stages, in
+    stream order (``frame.slice`` and ``frame.index`` say which cine and frame)."""
     dset = open_dataset(path)
     try:
         header = read_header(dset)
         protocol = protocol_from_header(header)
-        spf = cfg.spokes_per_frame or protocol.spokes_per_frame or DEFAULT_SPOKES_PER_FRAME
-        protocol.spokes_per_frame = spf
+        plan = frame_plan(cfg.spokes_per_frame, cfg.frame_stride, protocol)
+        protocol.spokes_per_frame = plan.spokes
         stats = ChainStats()
         stream = noise_adjust(read_acquisitions(dset), header, stats, enabled=cfg.prewhiten)
         stream = coil_compression(stream, cfg.virtual_coils, cfg.compression_spokes)
-        stream = frame_buffer(stream, protocol, cfg.ordering or protocol.ordering, spf,
-                              cfg.frame_stride or spf, stats, cfg.min_partial_fraction)
+        stream = frame_buffer(stream, protocol, cfg.ordering or protocol.ordering, plan, stats=stats,
+                              min_partial_fraction=cfg.min_partial_fraction)
         frames = [f for f in stream if isinstance(f, Frame)]
     finally:
         dset.close()

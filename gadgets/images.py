@@ -13,8 +13,9 @@ def make_image(frame, image: np.ndarray, protocol, info: dict, series_index: int
 
     The header is copied from the frame's last acquisition (position, directions, patient
     table, time stamps, slice/contrast/phase/repetition/set), as Gadgetron does; then
-    ``image_index = frame + 1``, ``repetition = frame``, ``image_series_index = set *
-    slices + slice + series_index``, the reconstructed field of view and image type.
+    ``image_index = frame + 1`` (frames counted per slice), ``repetition = frame``,
+    ``image_series_index = set * slices + slice + series_index`` (``slices`` from the
+    header's encodingLimits, ``protocol.slices``), the reconstructed field of view and image type.
     ``info`` becomes meta attributes (prefixed ``rtcine_``) beside Gadgetron's own.
     """
     data = np.ascontiguousarray(image, dtype=np.complex64)[None, None]   # (channels, z, y, x)
@@ -23,7 +24,7 @@ def make_image(frame, image: np.ndarray, protocol, info: dict, series_index: int
     acq = frame.last
     head.image_index = frame.index + 1
     head.repetition = frame.index % 65536
-    head.image_series_index = acq.idx.set * 1 + acq.idx.slice + series_index
+    head.image_series_index = acq.idx.set * getattr(protocol, "slices", 1) + acq.idx.slice + series_index
     head.image_type = ismrmrd.IMTYPE_COMPLEX
     head.field_of_view[:] = (protocol.fov_mm, protocol.fov_mm, 8.0)
     img.setHead(head)
@@ -37,8 +38,12 @@ def make_image(frame, image: np.ndarray, protocol, info: dict, series_index: int
     meta["WindowCenter"] = f"{hi / 2:.6g}"
     meta["WindowWidth"] = f"{hi:.6g}"
     meta["rtcine_frame"] = str(frame.index)
+    meta["rtcine_slice"] = str(frame.slice)
     meta["rtcine_spokes"] = str(frame.spokes)
     meta["rtcine_partial"] = str(int(frame.partial))
+    delay = getattr(frame, "gradient_delay", None)
+    if delay is not None:               # readout samples x,y,xy (gadgets/gradient_delay.py)
+        meta["rtcine_gradient_delay"] = f"{delay.x:.3f},{delay.y:.3f},{delay.xy:.3f}"
     for key, value in info.items():
         meta[f"rtcine_{key}"] = f"{value:.4f}" if isinstance(value, float) else str(value)
     img.meta = meta

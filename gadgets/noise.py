@@ -7,7 +7,7 @@ import ismrmrd
 import numpy as np
 
 from recon_core.coils import DEFAULT_RECEIVER_NOISE_BANDWIDTH, NoiseCovariance, prewhitening_matrix
-from recon_core.mrd import is_noise
+from recon_core.mrd import is_imaging, is_noise
 
 log = logging.getLogger("rtcine.noise")
 
@@ -16,7 +16,9 @@ def noise_adjust(items, header, stats, enabled: bool = True):
     """Consume noise acquisitions; prewhiten every later acquisition (as Gadgetron's
     NoiseAdjustGadget: Cholesky of the covariance, bandwidth scaled). Without noise scans
     the data pass unchanged (logged once). With ``enabled=False`` noise scans are
-    still consumed (a chain whose native gadgets prewhitened gets none)."""
+    still consumed (a chain whose native gadgets prewhitened gets none). Noise scans after
+    the first data acquisition are consumed unused; other non-imaging acquisitions (dummy
+    scans, navigators, ...) pass unchanged."""
     asi = header.acquisitionSystemInformation
     bandwidth = (asi.relativeReceiverNoiseBandwidth if asi is not None and asi.relativeReceiverNoiseBandwidth
                  else DEFAULT_RECEIVER_NOISE_BANDWIDTH)
@@ -29,8 +31,11 @@ def noise_adjust(items, header, stats, enabled: bool = True):
             continue
         if is_noise(item):
             stats.noise_acquisitions += 1
-            if enabled:
+            if enabled and not decided:
                 cov.add(item.data, item.sample_time_us)
+            continue
+        if not is_imaging(item):
+            yield item
             continue
         if not decided:
             decided = True

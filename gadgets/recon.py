@@ -20,7 +20,7 @@ from recon_core.solvers import conjugate_gradient
 
 from .coilmaps import CoilMapService
 from .feeder import ThreadedSource
-from .frames import Frame
+from .frames import Frame, SliceEnd
 
 log = logging.getLogger("rtcine.recon")
 
@@ -57,6 +57,10 @@ class ClassicalRecon:
 
     def flush(self):
         return []
+
+    def fresh(self) -> "ClassicalRecon":
+        """A reconstructor of the same kind with no state (for another slice's cine)."""
+        return ClassicalRecon(self.name, self.cfg, self.device, fallback=self.fallback, shape=self.shape)
 
 
 def _matrix(protocol) -> tuple[int, int]:
@@ -98,6 +102,12 @@ def make_reconstructor(cfg, device, protocol):
         return ClassicalRecon("cgsense", cfg, device, fallback=reason, shape=_matrix(protocol))
 
 
+#: under overload=reduce, a frame more than this many times queue_size frames behind, and more
+#: than CATCH_UP_S seconds, gets its gridding image only (OverloadGuard)
+CATCH_UP_QUEUES = 4
+CATCH_UP_S = 0.5
+
+
 class OverloadGuard:
     """Keeps latency bounded when frames arrive faster than they are reconstructed.
 
@@ -106,12 +116,44 @@ class OverloadGuard:
     policy acts (``none``: never; the bounded input queue then slows the sender): ``skip`` drops the frame (no image; logged and counted, the chain
     catches up with the newest frames), ``reduce`` reconstructs it with the reduced
     budget (a network updates only the newest frame of its window, once; CG-SENSE runs a
-    quarter of its iterations) until the backlog is back under half the queue.
+    quarter of its iterations) until the backlog is back under half the queue. Under
+    ``reduce``, a frame more than :data:`CATCH_UP_QUEUES` x ``queue_size`` frames and
+    :data:`CATCH_UP_S` behind (a start-up backlog: ``<execute>`` imports torch while the spokes
+    arrive) is *stale*: it gets
+    its gridding image only (one NUFFT, :meth:`prepare_fresh`, no solve; meta
+    ``rtcine_recon=gridding``, ``rtcine_overload=catch-up``), so that the chain catches up
+    with the scanner instead of staying seconds behind, and every frame still has an image;
+    such frames count as reduced, and each catch-up is logged once.
     """
 
     def __init__(self, cfg, frame_interval_s: float, stats, clock=time.perf_counter):
         self.cfg, self.interval, self.stats, self.clock = cfg, frame_interval_s, stats, clock
         self.reducing = False
+        self.catching_up = 0            # stale frames in the current catch-up
+        self.stale_now = False          # set by admit(): the admitted frame gets its catch-up image
+
+    def stale(self, frame: Frame) -> bool:
+        """Under ``reduce``: too far behind to be worth reconstructing (see the class docstring)."""
+        if self.cfg.overload != "reduce" or frame.partial or self.interval <= 0:
+            return False
+        return self.backlog(frame) > max(CATCH_UP_QUEUES * self.cfg.queue_size, CATCH_UP_S / self.interval)
+
+    def prepare_fresh(self, prepare, shape, device):
+        """``prepare`` for the frames that are not :meth:`stale`; a stale one gets its coil
+        images only (one NUFFT, no Toeplitz kernel), all that :meth:`catch_up_image` needs."""
+        def run(frame):
+            if self.stale(frame):
+                return prepare_frame(frame.kspace, frame.coords, shape, device, toeplitz=False)
+            return prepare(frame)
+        return run
+
+    def catch_up_image(self, frame: Frame, maps: torch.Tensor, shape, device):
+        """``(frame, image, info)``: the stale frame's gridding image with ``maps``."""
+        prep = frame.prepared
+        if prep is None:
+            prep = prepare_frame(frame.kspace, frame.coords, shape, device, toeplitz=False)
+        image = combine(prep.coil_images, maps)
+        return frame, image.cpu().numpy(), {"recon": "gridding", "overload": "catch-up"}
 
     def backlog(self, frame: Frame) -> float:
         if self.interval <= 0:
@@ -120,10 +162,24 @@ class OverloadGuard:
 
     def admit(self, frame: Frame, held: bool = False) -> bool:
         """False if the frame is to be skipped; sets ``self.reducing`` for the reduce policy.
-        Frames deliberately ``held`` for the first coil maps (``wait_for_maps``) are exempt."""
+        Frames deliberately ``held`` for the first coil maps (``wait_for_maps``) are exempt.
+        ``self.stale_now``: this frame gets its catch-up image (see the class docstring)."""
+        self.stale_now = False
         if held or self.cfg.overload == "none":
             return True
         lag = self.backlog(frame)
+        if self.stale(frame):
+            if not self.catching_up:
+                log.warning("overload: %.1f frames (%.2f s) behind at frame %d: gridding images only, to catch up",
+                            lag, lag * self.interval, frame.index)
+            self.catching_up += 1
+            self.stats.reduced_frames += 1
+            self.stale_now = True
+            return True
+        if self.catching_up:
+            log.warning("overload: caught up at frame %d (%.1f frames behind) after %d gridding-only frames",
+                        frame.index, lag, self.catching_up)
+            self.catching_up = 0
         if self.cfg.overload == "skip":
             if lag > self.cfg.queue_size and not frame.partial:
                 self.stats.skipped_frames += 1
@@ -143,12 +199,28 @@ class OverloadGuard:
         return True
 
 
+class _SliceState:
+    """One slice's reconstruction state: coil maps (calibrated from its frames), the
+    reconstructor (network window, warm start, intensity scale), frames held for its first
+    maps and the source of the maps its last frame was given."""
+    __slots__ = ("maps", "recon", "held", "used")
+
+    def __init__(self, maps: CoilMapService, recon):
+        self.maps, self.recon, self.held, self.used = maps, recon, [], maps.source
+
+
 def reconstruct_frames(items, cfg, protocol, stats, clock=time.perf_counter):
     """Turn :class:`Frame` items into ``(frame, image, info)`` tuples; pass others through.
 
     ``info`` carries the recon name, the coil-map source and the latency in ms from the
     frame's last spoke to the moment its image is ready. Overload is handled by
     :class:`OverloadGuard`.
+
+    Each slice (``frame.slice``) is its own cine: its own :class:`CoilMapService` (maps from
+    its own frames; fallback maps until its ESPIRiT maps, as at the start of a scan) and its
+    own reconstructor state (``recon.fresh()``: window, warm start, intensity scale). A
+    :class:`~gadgets.frames.SliceEnd` flushes that slice (its held frames, the network's
+    look-ahead) and frees its state.
 
     With ``cfg.pipeline`` the input stream (the chain's gadgets upstream: validation,
     prewhitening, framing) and each frame's map-independent work (``recon.prepare``: its
@@ -158,18 +230,28 @@ def reconstruct_frames(items, cfg, protocol, stats, clock=time.perf_counter):
     device = torch.device(cfg.device)
     set_threads(cfg.threads)
     shape = (protocol.matrix, protocol.matrix)
-    maps = CoilMapService(shape, cfg.coil_maps, cfg.calibration_frames, cfg.coil_map_refresh, cfg.device)
     recon = make_reconstructor(cfg, device, protocol)
     stats.fallback = getattr(recon, "fallback", "")
     stride = cfg.frame_stride or protocol.spokes_per_frame
     guard = OverloadGuard(cfg, stride * protocol.tr_ms / 1e3, stats, clock)
-    held: list[Frame] = []
     ahead = None
     if cfg.pipeline:
-        items = ahead = ThreadedSource(_prepared(items, recon.prepare), maxsize=cfg.queue_size, stamp=False,
-                                       name="rtcine-prepare")
+        items = ahead = ThreadedSource(_prepared(items, guard.prepare_fresh(recon.prepare, shape, device)),
+                                       maxsize=cfg.queue_size, stamp=False, name="rtcine-prepare")
+    slices: dict[int, _SliceState] = {}
 
-    used = [maps.source]            # source of the maps the last pushed frame was given
+    def coil_maps() -> CoilMapService:
+        return CoilMapService(shape, cfg.coil_maps, cfg.calibration_frames, cfg.coil_map_refresh, cfg.device)
+
+    # the first slice's state is made before the first frame (ESPIRiT warmed up, the reconstructor
+    # built above): a scan's first frames do not wait for it
+    spare = [_SliceState(coil_maps(), recon)]
+
+    def open_slice(number: int) -> _SliceState:
+        st = slices[number] = spare.pop() if spare else _SliceState(coil_maps(), _fresh(recon, cfg, device, protocol))
+        if number or len(slices) > 1:
+            log.info("slice %d: its own coil maps and reconstruction state", number)
+        return st
 
     def finish(results, source):
         now = clock()
@@ -180,40 +262,70 @@ def reconstruct_frames(items, cfg, protocol, stats, clock=time.perf_counter):
                 stats.iterations.append(info["iterations"])
             yield frame, image, info
 
-    def run(frame, was_held=False):
+    def run(st: _SliceState, frame, was_held=False):
         if not guard.admit(frame, was_held):
             return
-        recon.reduced = guard.reducing
-        recon.held = was_held           # frames held for the first coil maps: no deadline either
-        current, source = maps.current()
-        used[0] = source
-        yield from finish(recon.push(frame, current), source)
+        if guard.stale_now:             # far behind: its gridding image, no solve (OverloadGuard)
+            current, source = st.maps.current()
+            yield from finish([guard.catch_up_image(frame, current, shape, device)], source)
+            return
+        st.recon.reduced = guard.reducing
+        st.recon.held = was_held        # frames held for the first coil maps: no deadline either
+        current, source = st.maps.current()
+        st.used = source
+        yield from finish(st.recon.push(frame, current), source)
+
+    def close_slice(number: int):
+        st = slices.pop(number, None)
+        if st is None:
+            return
+        try:
+            if st.held:
+                st.maps.finish()
+                for frame in st.held:
+                    yield from run(st, frame, was_held=True)
+                st.held = []
+            yield from finish(st.recon.flush(), st.used)      # flushed with the maps of the last push
+        finally:
+            st.maps.close()
 
     try:
         for item in items:
+            if isinstance(item, SliceEnd):
+                yield from close_slice(item.slice)
+                continue
             if not isinstance(item, Frame):
                 yield item
                 continue
+            st = slices.get(item.slice)
+            if st is None:
+                st = open_slice(item.slice)
+            maps = st.maps
             maps.add(item)
-            held.append(item)
+            st.held.append(item)
             waited = False
             if cfg.wait_for_maps and not maps.ready():
                 if not maps.pending:
                     continue
                 maps.finish()
                 waited = True
-            batch, held = held, []
+            batch, st.held = st.held, []
             for frame in batch:
-                yield from run(frame, was_held=waited)
-        if held:
-            maps.finish()
-            for frame in held:
-                yield from run(frame, was_held=True)
-        yield from finish(recon.flush(), used[0])      # flushed with the maps of the last push
+                yield from run(st, frame, was_held=waited)
+        for number in list(slices):
+            yield from close_slice(number)
     finally:
         if ahead is not None:
             ahead.close()
-        maps.close()
+        for st in list(slices.values()) + spare:
+            st.maps.close()
+
+
+def _fresh(recon, cfg, device, protocol):
+    """A stateless reconstructor like ``recon`` for another slice: ``recon.fresh()`` (the model
+    shared, not loaded again), else a new one from :func:`make_reconstructor`."""
+    fresh = getattr(recon, "fresh", None)
+    return fresh() if fresh is not None else make_reconstructor(cfg, device, protocol)
 
 
 def warm_up(cfg=None, protocol=None) -> None:

@@ -21,6 +21,13 @@ class ChainStats:
     skipped: list = field(default_factory=list)
     reduced_frames: int = 0
     passed_through: int = 0
+    #: what decided where frames begin and end (gadgets/frames.py: configuration, markers, header, default)
+    frames_from: str = ""
+    #: slices seen (idx.slice values) and slices ended (their state freed)
+    slices: int = 0
+    slices_ended: int = 0
+    #: acquisitions that are not imaging spokes, by kind (dummy scan, navigator, ...): passed on, never framed
+    non_imaging: dict = field(default_factory=dict)
     iterations: list = field(default_factory=list)
     latencies_ms: list = field(default_factory=list)
     errors: list = field(default_factory=list)
@@ -37,6 +44,8 @@ class ChainStats:
     stream_error: str = ""
     #: why the asked reconstruction was replaced by CG-SENSE ("" if it was not)
     fallback: str = ""
+    #: gradient delay the trajectories were corrected with, "dx,dy[,dxy] (source)" ("" if none)
+    gradient_delay: str = ""
 
     def summary(self) -> dict:
         """Every counter, plus the per-frame lists summarised (latency percentiles, mean

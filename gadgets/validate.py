@@ -21,6 +21,13 @@ Policies (each problem is logged at WARNING, the first few times per kind, and c
   is a gap (``gaps``: jumps seen; ``missing_spokes``: acquisitions that never came, a late
   one fills its place). Warnings only: streams whose counters are not maintained (all
   zero) raise neither.
+- **Not imaging spokes** (``non_imaging``, counted by kind, logged once per kind):
+  acquisitions flagged as dummy scans, phase correction, navigators, RT/HP feedback,
+  surface coil correction scans, parallel calibration or phase stabilization
+  (``recon_core.mrd.NON_IMAGING_FLAGS``), of another encoding space than 0, and noise scans
+  after the first imaging spoke. They are passed on unchecked (as Gadgetron's gadgets pass
+  on what they do not use; the frame buffer passes them through, never into a frame);
+  late noise scans go on to the noise stage, which does not use them.
 - **Ending the stream** (``stream_error``, logged at ERROR): a coil count other than the
   stream's (fixed by its first acquisition, noise scans included), more coils than the
   header's ``receiverChannels`` (fewer is a warning: Gadgetron's CoilReductionGadget
@@ -39,7 +46,7 @@ from collections import Counter, deque
 import ismrmrd
 import numpy as np
 
-from recon_core.mrd import is_noise
+from recon_core.mrd import non_imaging_kind
 
 log = logging.getLogger("rtcine.input")
 
@@ -108,8 +115,16 @@ def validate_stream(items, header, protocol, ordering, stats):
                 continue
             received += 1
             sc = item.scan_counter
-            noise = is_noise(item)
-            spoke = not noise and item.encoding_space_ref == 0
+            kind = non_imaging_kind(item)
+            noise = kind == "noise scan"
+            spoke = kind is None
+            if noise and samples is not None:
+                kind = "noise scan after the data started"
+            if kind is not None and kind != "noise scan":
+                stats.non_imaging[kind] = stats.non_imaging.get(kind, 0) + 1
+                if stats.non_imaging[kind] == 1:
+                    log.info("%s acquisitions (first: acquisition %d) are not imaging spokes: passed on, "
+                             "not framed (counted in non_imaging)", kind, sc)
             if spoke:
                 key = (sc, item.idx.kspace_encode_step_1)
                 flat = item.data.ravel()
@@ -141,7 +156,7 @@ def validate_stream(items, header, protocol, ordering, stats):
                          f"{last_counter} and {sc}", "gaps")
             last_counter = sc if last_counter is None else max(last_counter, sc)
             if not (noise or spoke):
-                yield item                     # other encoding spaces pass through unchecked
+                yield item                     # non-imaging acquisitions pass through unchecked
                 continue
             what = "noise scan" if noise else "acquisition"
             c, r = item.active_channels, item.number_of_samples
@@ -199,6 +214,9 @@ def validate_stream(items, header, protocol, ordering, stats):
                     continue
             yield item
     finally:
+        if stats.non_imaging:
+            log.info("non-imaging acquisitions passed on, not framed: %s",
+                     ", ".join(f"{k} x{v}" for k, v in stats.non_imaging.items()))
         if stats.input_problems:
             log.warning("input problems: %s; %d bad spokes and %d duplicates dropped, %d out of order, "
                         "%d gaps (%d acquisitions missing)",

@@ -6,14 +6,15 @@
     viewer.stop()
 
 Only the standard library's ``http.server`` (one thread per request) and numpy; Pillow
-for the optional PNG endpoint. The page (inline HTML/JS/CSS, nothing fetched from
+for the optional PNG endpoint. The page (``gadgets/viewer_page/``: ``index.html``,
+``viewer.js``, ``viewer.css``, package data served from this server, nothing fetched from
 elsewhere) long-polls for new frames, draws them on a canvas with its own window/level,
 and shows the frame number, the reconstruction latency (meta ``rtcine_latency_ms``) and
 the frame rate it actually displays.
 
 HTTP interface (all on the viewer's address; 127.0.0.1 unless asked otherwise):
 
-``GET /``
+``GET /`` (``/index.html``, ``/viewer.js``, ``/viewer.css``)
     the page.
 ``POST /push``
     body: one ISMRMRD image as ``ismrmrd.Image.to_bytes()`` (the ISMRMRD wire layout:
@@ -41,6 +42,7 @@ thread with a short timeout and drops frames, counted and logged, when the viewe
 from __future__ import annotations
 
 import http.client
+import importlib.resources
 import io
 import json
 import logging
@@ -58,6 +60,14 @@ import ismrmrd
 import numpy as np
 
 log = logging.getLogger("rtcine.viewer")
+
+#: the page's files (package data in ``gadgets/viewer_page/``): URL path -> (file, content type)
+PAGE_FILES = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/index.html": ("index.html", "text/html; charset=utf-8"),
+    "/viewer.js": ("viewer.js", "text/javascript; charset=utf-8"),
+    "/viewer.css": ("viewer.css", "text/css; charset=utf-8"),
+}
 
 #: frames kept for scrubbing back (oldest dropped first)
 HISTORY_FRAMES = 2000
@@ -83,6 +93,11 @@ def _meta_float(meta, key, default=None):
         return float(_meta_value(meta, key, default))
     except (TypeError, ValueError):
         return default
+
+
+def page_file(name: str) -> str:
+    """The text of one of the page's files, read from the installed package."""
+    return importlib.resources.files("gadgets").joinpath("viewer_page", name).read_text(encoding="utf-8")
 
 
 def image_magnitude(img: ismrmrd.Image) -> np.ndarray:
@@ -300,8 +315,9 @@ class _Handler(BaseHTTPRequestHandler):
         path = url.path
         store = self.viewer.store
         try:
-            if path in ("/", "/index.html"):
-                self._send(200, self.viewer.page(), "text/html; charset=utf-8")
+            if path in PAGE_FILES:
+                name, ctype = PAGE_FILES[path]
+                self._send(200, self.viewer.page(name), ctype)
             elif path == "/api/frames":
                 after = int(query.get("after", ["-1"])[0])
                 wait = min(max(float(query.get("wait", ["0"])[0]), 0.0), 10.0)
@@ -368,7 +384,7 @@ class LiveViewer:
         self.store = FrameStore(history, max_bytes)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
-        self._page: bytes | None = None
+        self._pages: dict[str, bytes] = {}
 
     @property
     def url(self) -> str:
@@ -379,10 +395,12 @@ class LiveViewer:
     def received(self) -> int:
         return self.store.received
 
-    def page(self) -> bytes:
-        if self._page is None:
-            self._page = PAGE.replace("__TITLE__", self.title).encode()
-        return self._page
+    def page(self, name: str = "index.html") -> bytes:
+        """A file of the page (``index.html``, ``viewer.js``, ``viewer.css``), with the
+        viewer's title in place of ``__TITLE__``."""
+        if name not in self._pages:
+            self._pages[name] = page_file(name).replace("__TITLE__", self.title).encode()
+        return self._pages[name]
 
     def push(self, image: ismrmrd.Image) -> int:
         """Show ``image`` (any ``ismrmrd.Image``); returns its sequence number."""
@@ -573,278 +591,3 @@ def forward_to_viewer(items, url_or_forwarder):
         if own:
             forward.close()
 
-
-PAGE = r"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>__TITLE__</title>
-<style>
-  :root { --fg: #e8e8e8; --dim: #9aa0a6; --accent: #ffd54a; --live: #35d07f; --warn: #ff8a65; }
-  * { box-sizing: border-box; }
-  html, body { margin: 0; height: 100%; background: #000; color: var(--fg);
-               font: 14px/1.35 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; }
-  body { display: flex; flex-direction: column; }
-  header { display: flex; align-items: baseline; gap: 16px; padding: 6px 14px; background: #111;
-           border-bottom: 1px solid #222; }
-  header h1 { font-size: 15px; margin: 0; font-weight: 600; }
-  #status { color: var(--dim); font-size: 13px; }
-  #status.live::before { content: "\25CF  "; color: var(--live); }
-  #status.error { color: var(--warn); }
-  main { flex: 1; display: flex; align-items: center; justify-content: center; min-height: 0; padding: 6px; }
-  #stage { position: relative; display: inline-block; line-height: 0; }
-  #cine { display: block; height: min(calc(100vh - 150px), 96vw); width: auto; background: #000;
-          image-rendering: auto; cursor: crosshair; touch-action: none; }
-  .ov { position: absolute; line-height: 1.3; font: 600 15px/1.3 ui-monospace, "DejaVu Sans Mono", Menlo,
-        Consolas, monospace; color: var(--fg); text-shadow: 0 0 3px #000, 0 0 2px #000; pointer-events: none;
-        white-space: pre; }
-  #ov-tl { top: 8px; left: 10px; } #ov-tr { top: 8px; right: 10px; text-align: right; }
-  #ov-bl { bottom: 8px; left: 10px; } #ov-br { bottom: 8px; right: 10px; text-align: right; }
-  .big { font-size: 20px; color: var(--accent); }
-  .late { color: var(--warn); }
-  #badge.live { color: var(--live); } #badge.paused { color: var(--accent); }
-  #waiting { position: absolute; inset: 0; display: flex; align-items: center; justify-content: center;
-             text-align: center; color: var(--dim); font: 15px/1.5 system-ui, sans-serif; padding: 20px;
-             line-height: 1.5; }
-  #waiting code { color: var(--fg); }
-  footer { display: grid; grid-template-columns: auto 1fr auto; gap: 6px 14px; align-items: center;
-           padding: 8px 14px; background: #111; border-top: 1px solid #222; }
-  footer .row { display: contents; }
-  button { background: #2a2a2a; color: var(--fg); border: 1px solid #444; border-radius: 4px;
-           padding: 4px 12px; font: inherit; cursor: pointer; min-width: 84px; }
-  button:hover { background: #363636; }
-  button.on { border-color: var(--accent); color: var(--accent); }
-  input[type=range] { width: 100%; accent-color: var(--accent); }
-  .lbl { color: var(--dim); font-size: 13px; white-space: nowrap; }
-  .val { font-variant-numeric: tabular-nums; min-width: 130px; text-align: right; }
-  .wl { display: flex; gap: 10px; align-items: center; }
-  .wl input { width: 180px; }
-  .help { color: #6f757b; font-size: 12px; }
-</style>
-</head>
-<body>
-<header>
-  <h1>__TITLE__</h1>
-  <span id="status">connecting&hellip;</span>
-  <span class="help" style="margin-left:auto">space: pause/live &middot; &larr;/&rarr;: step &middot;
-    drag on image: window (&harr;) / level (&varr;) &middot; A: auto window</span>
-</header>
-<main>
-  <div id="stage">
-    <canvas id="cine" width="256" height="256"></canvas>
-    <div class="ov" id="ov-tl"><span id="recon">rtcine</span>
-<span id="series"></span></div>
-    <div class="ov" id="ov-tr"><span class="big">Frame <span id="frame-no">&ndash;</span></span>
-Latency <span id="latency">&ndash;</span> ms
-Display <span id="fps">&ndash;</span> fps
-Received <span id="rx-fps">&ndash;</span> fps</div>
-    <div class="ov" id="ov-bl">W <span id="ov-w">&ndash;</span>  L <span id="ov-l">&ndash;</span>
-<span id="dims"></span></div>
-    <div class="ov" id="ov-br"><span id="badge" class="live">LIVE</span>
-<span id="pos"></span></div>
-    <div id="waiting">Waiting for images&hellip;<br>
-      run <code>rtcine replay IN.h5 --view</code>, or push to this viewer
-      (<code>POST /push</code>, <code>ViewerForwarder</code>)</div>
-  </div>
-</main>
-<footer>
-  <div class="row">
-    <button id="pause" title="space">Pause</button>
-    <input id="scrub" type="range" min="0" max="0" value="0" step="1" aria-label="received frames">
-    <span class="val" id="scrub-val">&ndash;</span>
-  </div>
-  <div class="row">
-    <button id="auto" title="A">Auto W/L</button>
-    <div class="wl">
-      <span class="lbl">Window</span><input id="win" type="range" min="0" max="1000" value="500" step="1">
-      <span class="lbl">Level</span><input id="lev" type="range" min="0" max="1000" value="250" step="1">
-      <button id="step-back" title="&larr;">&#9664; Step</button>
-      <button id="step-fwd" title="&rarr;">Step &#9654;</button>
-    </div>
-    <span class="val"><span id="wl-val">&ndash;</span></span>
-  </div>
-</footer>
-<script>
-"use strict";
-(() => {
-  const $ = (id) => document.getElementById(id);
-  const LATENCY_TARGET_MS = 100;            // useful on a console below about 100 ms
-  const canvas = $("cine"), ctx = canvas.getContext("2d");
-  const S = {
-    first: -1, last: -1, received: 0,       // what the server holds
-    shown: null,                            // the frame on screen {meta, pix}
-    paused: false, drawn: 0, drawTimes: [],
-    wl: null, range: 1,                     // {c, w} in image units; slider range
-    cache: new Map(), inflight: null, online: false,
-  };
-  window.rtcineViewer = S;                  // for tests and the console
-
-  function parseFrame(buf) {
-    const n = new DataView(buf).getUint32(0, true);
-    const meta = JSON.parse(new TextDecoder().decode(new Uint8Array(buf, 4, n)));
-    const pix = new Uint16Array(buf, 4 + n, meta.width * meta.height);
-    return { meta, pix };
-  }
-
-  async function loadFrame(seq) {
-    if (S.cache.has(seq)) return S.cache.get(seq);
-    const r = await fetch("/frame/" + seq, { cache: "no-store" });
-    if (!r.ok) return null;
-    const f = parseFrame(await r.arrayBuffer());
-    S.cache.set(seq, f);
-    if (S.cache.size > 64) S.cache.delete(S.cache.keys().next().value);
-    return f;
-  }
-
-  function fmt(v, d) { return (v === null || v === undefined || !isFinite(v)) ? "\u2013" : v.toFixed(d); }
-  function sig(v) { return (v === null || !isFinite(v)) ? "\u2013" : Number(v.toPrecision(4)).toString(); }
-
-  function setAutoWL(meta) {
-    const c = meta.window_center, w = meta.window_width;
-    S.wl = { c: c, w: w > 0 ? w : 1 };
-    S.range = Math.max(meta.offset + 65535 * meta.scale, S.wl.c + S.wl.w / 2, 1e-30);
-    syncWLSliders();
-  }
-
-  function syncWLSliders() {
-    $("win").value = Math.round(1000 * Math.min(2, S.wl.w / S.range) / 2);
-    $("lev").value = Math.round(1000 * Math.min(1, Math.max(0, S.wl.c / S.range)));
-    $("wl-val").textContent = "W " + sig(S.wl.w) + "  L " + sig(S.wl.c);
-    $("ov-w").textContent = sig(S.wl.w); $("ov-l").textContent = sig(S.wl.c);
-  }
-
-  function render(f) {
-    const m = f.meta;
-    if (canvas.width !== m.width || canvas.height !== m.height) { canvas.width = m.width; canvas.height = m.height; }
-    if (!S.wl) setAutoWL(m);
-    const lo = S.wl.c - S.wl.w / 2, k = 255 / Math.max(S.wl.w, 1e-30);
-    const img = ctx.createImageData(m.width, m.height), d = img.data, p = f.pix;
-    const a = m.scale * k, b = (m.offset - lo) * k;
-    for (let i = 0, j = 0; i < p.length; i++, j += 4) {
-      let v = p[i] * a + b; v = v < 0 ? 0 : v > 255 ? 255 : v;
-      d[j] = d[j + 1] = d[j + 2] = v; d[j + 3] = 255;
-    }
-    ctx.putImageData(img, 0, 0);
-    $("waiting").style.display = "none";
-    $("frame-no").textContent = m.frame + (m.partial ? " (partial)" : "");
-    $("latency").textContent = fmt(m.latency_ms, 1);
-    $("latency").className = (m.latency_ms !== null && m.latency_ms > LATENCY_TARGET_MS) ? "late" : "";
-    $("recon").textContent = "rtcine " + (m.recon || "") ;
-    $("series").textContent = (m.description || "") + (m.series ? "  series " + m.series : "");
-    $("dims").textContent = m.width + " \u00d7 " + m.height;
-  }
-
-  function show(f, live) {
-    S.shown = f;
-    render(f);
-    S.drawn += 1;
-    if (live) {
-      const now = performance.now();
-      S.drawTimes.push(now);
-      while (S.drawTimes.length && now - S.drawTimes[0] > 2000) S.drawTimes.shift();
-    }
-    updateFps(); updatePosition();
-  }
-
-  function updateFps() {
-    const t = S.drawTimes, now = performance.now();
-    while (t.length && now - t[0] > 2000) t.shift();
-    // frames drawn over the last 2 s, up to now (so it falls when frames stop coming)
-    const fps = (!S.paused && t.length >= 2) ? (t.length - 1) * 1000 / Math.max(now - t[0], 1) : 0;
-    $("fps").textContent = S.paused ? "\u2013" : fmt(fps, 1);
-  }
-
-  function updatePosition() {
-    const sc = $("scrub");
-    sc.min = Math.max(S.first, 0); sc.max = Math.max(S.last, 0);
-    if (S.shown) sc.value = S.shown.meta.seq;
-    const behind = S.shown ? S.last - S.shown.meta.seq : 0;
-    $("scrub-val").textContent = S.last < 0 ? "no frames yet" :
-      (S.shown ? (S.shown.meta.seq + 1) : 0) + " / " + S.received + " received";
-    $("pos").textContent = behind > 0 ? behind + " behind newest" : "";
-    const badge = $("badge");
-    badge.textContent = S.paused ? "PAUSED" : "LIVE"; badge.className = S.paused ? "paused" : "live";
-    $("pause").textContent = S.paused ? "\u25B6 Live" : "Pause";
-    $("pause").classList.toggle("on", S.paused);
-  }
-
-  function setStatus(text, cls) { const s = $("status"); s.textContent = text; s.className = cls || ""; }
-
-  let goToken = 0;
-  async function goTo(seq) {
-    seq = Math.max(S.first, Math.min(S.last, seq));
-    if (seq < 0) return;
-    const token = ++goToken;                // quick scrubbing: only the last request is shown
-    const f = await loadFrame(seq);
-    if (f && token === goToken) show(f, false);
-  }
-
-  function pause(p) {
-    S.paused = p;
-    if (!p) { S.drawTimes = []; if (S.last >= 0) goTo(S.last); }
-    updatePosition(); updateFps();
-  }
-
-  async function poll() {
-    for (;;) {
-      try {
-        const r = await fetch("/api/frames?wait=2&after=" + (S.paused ? S.last : Math.max(S.last, S.shown ? S.shown.meta.seq : -1)),
-                              { cache: "no-store" });
-        if (!r.ok) throw new Error("HTTP " + r.status);
-        const st = await r.json();
-        if (st.received < S.received) {     // the viewer server was restarted: start afresh
-          S.cache.clear(); S.shown = null; S.wl = null; S.drawTimes = [];
-        }
-        S.first = st.first; S.last = st.last; S.received = st.received;
-        $("rx-fps").textContent = fmt(st.receive_fps, 1);
-        if (!S.online) { S.online = true; }
-        setStatus(st.last < 0 ? "connected \u00b7 waiting for images" :
-                  st.received + " frames received \u00b7 holding " + st.held + " (last " + st.history + ")", "live");
-        if (!S.paused && st.last >= 0 && (!S.shown || st.last > S.shown.meta.seq)) {
-          const f = await loadFrame(st.last);
-          if (f && !S.paused) show(f, true);
-        } else { updatePosition(); updateFps(); }
-      } catch (e) {
-        S.online = false;
-        setStatus("viewer server unreachable (" + e.message + "), retrying\u2026", "error");
-        await new Promise((ok) => setTimeout(ok, 1000));
-      }
-    }
-  }
-
-  // controls
-  $("pause").onclick = () => pause(!S.paused);
-  $("scrub").oninput = (e) => { if (!S.paused) pause(true); goTo(parseInt(e.target.value, 10)); };
-  $("step-back").onclick = () => { pause(true); if (S.shown) goTo(S.shown.meta.seq - 1); };
-  $("step-fwd").onclick = () => { pause(true); if (S.shown) goTo(S.shown.meta.seq + 1); };
-  $("auto").onclick = () => { if (S.shown) { setAutoWL(S.shown.meta); render(S.shown); } };
-  function fromSliders() {
-    if (!S.wl) return;
-    S.wl = { w: Math.max(2 * S.range * $("win").value / 1000, S.range * 1e-4), c: S.range * $("lev").value / 1000 };
-    syncWLSliders(); if (S.shown) render(S.shown);
-  }
-  $("win").oninput = fromSliders; $("lev").oninput = fromSliders;
-  let drag = null;
-  canvas.addEventListener("pointerdown", (e) => { if (S.wl) { drag = { x: e.clientX, y: e.clientY, wl: { ...S.wl } }; canvas.setPointerCapture(e.pointerId); } });
-  canvas.addEventListener("pointermove", (e) => {
-    if (!drag) return;
-    const k = S.range / 300;
-    S.wl = { w: Math.max(drag.wl.w + (e.clientX - drag.x) * k, S.range * 1e-4), c: drag.wl.c - (e.clientY - drag.y) * k };
-    syncWLSliders(); if (S.shown) render(S.shown);
-  });
-  canvas.addEventListener("pointerup", () => { drag = null; });
-  document.addEventListener("keydown", (e) => {
-    if (e.target.tagName === "INPUT" && e.key !== " ") return;
-    if (e.key === " ") { e.preventDefault(); pause(!S.paused); }
-    else if (e.key === "ArrowLeft") { pause(true); if (S.shown) goTo(S.shown.meta.seq - 1); }
-    else if (e.key === "ArrowRight") { pause(true); if (S.shown) goTo(S.shown.meta.seq + 1); }
-    else if (e.key === "a" || e.key === "A") $("auto").click();
-  });
-  setInterval(updateFps, 500);
-  poll();
-})();
-</script>
-</body>
-</html>
-"""

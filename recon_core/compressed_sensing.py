@@ -63,8 +63,8 @@ per frame for the Toeplitz kernels.
 
 The defaults (``weighting="none"``, ``lam = 0.005``, 20 ADMM iterations of 3 CG steps,
 ``rho = 0.3``) were chosen on the validation scans (``runs/data/val_*.npz``, per-frame
-magnitude PSNR vs the reference; ``benchmarks/bart_pics.py``, README section "Compressed
-sensing and BART"). Note that the PSNR peaks before the objective has converged (at ~20
+magnitude PSNR vs the reference; ``benchmarks/bart_pics.py``; the documentation's
+Performance page, "Compressed sensing against BART and sigpy"). Note that the PSNR peaks before the objective has converged (at ~20
 iterations; the early stop regularises further), as for most iterative CS baselines.
 """
 from __future__ import annotations
@@ -81,7 +81,7 @@ from .solvers import conjugate_gradient
 
 #: Default temporal-TV weight relative to max|A^H y_w|, outer ADMM iterations and data-term
 #: weighting: the best of the validation sweep (4 val scans, mean per-frame PSNR 30.47 dB;
-#: README "Compressed sensing and BART"). CG steps per ADMM iteration: 3.
+#: docs/performance.md, "Compressed sensing against BART and sigpy"). CG steps per ADMM iteration: 3.
 DEFAULT_LAM = 0.005
 DEFAULT_ITERATIONS = 20
 DEFAULT_CG_ITERATIONS = 3

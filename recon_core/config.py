@@ -3,16 +3,27 @@
 The same keys are read from a YAML file (``rtcine replay --config``) and from the
 ``<property name=... value=.../>`` elements of a Gadgetron chain's ``<configuration>``.
 Unknown keys and values of the wrong type are rejected with a message that names them.
+
+Named presets (``recon_core/presets/NAME.yaml``) are sets of keys for the useful
+combinations; the layers, each over the one before: the field defaults of
+:class:`ReconConfig`, then a preset, then the keys given. Which preset: the ``preset`` key
+(a chain property, a YAML key, ``--preset``); else, when ``recon`` is given, the preset of
+that name if there is one (``cgsense``, ``gridding``; none for ``imunne``: its field
+defaults); else :data:`DEFAULT_PRESET`, ``realtime``.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
+import os
 from dataclasses import dataclass, fields
 
 import yaml
 
-RECONS = ("gridding", "cgsense", "imunne", "altun", "dune", "flat")
-NETWORK_RECONS = RECONS[2:]
+from .gradient_delay import parse_setting, setting_text
+
+RECONS = ("gridding", "cgsense", "imunne", "altun", "dune", "flat", "cs")
+NETWORK_RECONS = ("imunne", "altun", "dune", "flat")
 COIL_MAP_METHODS = ("espirit", "lowres")
 OVERLOAD_POLICIES = ("none", "reduce", "skip")
 
@@ -30,7 +41,8 @@ MAX_SPOKES_PER_FRAME = 4096
 class ReconConfig:
     #: reconstruction method
     recon: str = "cgsense"
-    #: spokes per frame (0: from the header's trajectoryDescription, else 13)
+    #: spokes per frame (0: the stream's frame markers, else the header's encodingLimits or
+    #: spokes_per_frame user parameter, else 13; see gadgets/frames.py)
     spokes_per_frame: int = 0
     #: a new frame every this many spokes (0: = spokes_per_frame, no sliding window)
     frame_stride: int = 0
@@ -50,9 +62,17 @@ class ReconConfig:
     coil_map_refresh: int = 0
     #: hold frames until the ESPIRiT maps exist (reproducible offline); else use lowres maps meanwhile
     wait_for_maps: bool = False
+    #: radial gradient delays: auto (RING estimate from the stream's first calibration_frames
+    #: frames), off, or "dx,dy[,dxy]" in readout samples (recon_core/gradient_delay.py)
+    gradient_delay: str = "auto"
     #: CG-SENSE iterations and Tikhonov weight
     cg_iterations: int = 8
     cg_lambda: float = 0.0
+    #: recon cs (streaming temporal TV, recon_core/streaming_cs.py): weight relative to
+    #: max|A^H y| of the window, and primal-dual iterations per window (3 cost about what the
+    #: real-time network's 2 updates of a 2-frame window cost)
+    cs_lambda: float = 0.02
+    cs_iterations: int = 3
     #: a partial last frame with at least this fraction of its spokes is reconstructed
     min_partial_fraction: float = 0.5
     #: torch device ("cpu", "cuda", "cuda:1")
@@ -105,41 +125,131 @@ class ReconConfig:
              f"spokes_per_frame={self.spokes_per_frame}: at most {MAX_SPOKES_PER_FRAME}")
         need(0 <= self.lookahead < self.window, f"lookahead={self.lookahead}: must be in [0, window)")
         need(0.0 < self.min_partial_fraction <= 1.0, f"min_partial_fraction={self.min_partial_fraction}: must be in (0, 1]")
+        need(self.cs_lambda >= 0 and self.cs_iterations >= 1, "cs_lambda must be >= 0 and cs_iterations >= 1")
         need(self.cg_lambda >= 0 and self.tolerance >= 0 and self.deadline_ms >= 0,
              "cg_lambda, tolerance and deadline_ms must be >= 0")
         need(self.view_url == "" or self.view_url.startswith(("http://", "https://")),
              f"view_url={self.view_url!r}: expected http://HOST:PORT/ of an `rtcine view`")
         need(self.device == "cpu" or self.device.startswith("cuda"), f"device={self.device!r}: expected cpu or cuda[:N]")
+        try:
+            parse_setting(self.gradient_delay)
+        except ValueError as exc:
+            raise ConfigError(f"gradient_delay={self.gradient_delay!r}: {exc}") from None
 
     @classmethod
     def keys(cls) -> list[str]:
         return [f.name for f in fields(cls)]
 
     @classmethod
-    def from_mapping(cls, values: dict) -> "ReconConfig":
-        """Build from a mapping of typed values or strings (chain XML gives strings)."""
+    def from_mapping(cls, values: dict, preset: str | None = None) -> "ReconConfig":
+        """Build from a mapping of typed values or strings (chain XML gives strings), over a
+        preset: ``preset`` (the command line's, which wins), else ``values["preset"]``, else
+        the one :func:`preset_for` picks. Keys given override the preset's."""
+        values = dict(values)
+        named = values.pop("preset", None)
+        named = preset or (str(named).strip() if named is not None else None) or None
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(values) - set(known))
         if unknown:
-            raise ConfigError(f"unknown configuration key(s) {unknown}; known keys: {sorted(known)}")
-        typed = {}
-        for key, value in values.items():
-            typed[key] = _coerce(key, value, type(getattr(cls(), key)))
+            raise ConfigError(f"unknown configuration key(s) {unknown}; known keys: {sorted(known)} "
+                              f"and 'preset' ({', '.join(sorted(presets()))})")
+        merged = dict(preset_values(preset_for(values, named), values))
+        merged.update(values)
+        base = cls()
+        typed = {key: _coerce(key, value, type(getattr(base, key))) for key, value in merged.items()}
         return cls(**typed)
 
     @classmethod
-    def from_yaml(cls, path: str) -> "ReconConfig":
+    def from_preset(cls, name: str, **keys) -> "ReconConfig":
+        """The preset ``name`` with ``keys`` over it (``from_preset("cgsense", coil_maps="lowres")``)."""
+        return cls.from_mapping(keys, preset=name)
+
+    @staticmethod
+    def read_yaml(path: str) -> dict:
+        """The mapping of a YAML configuration file (safe-loaded; keys checked by :meth:`from_mapping`)."""
         with open(path) as f:
             data = yaml.safe_load(f) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of configuration keys, got {type(data).__name__}")
-        return cls.from_mapping(data)
+        return data
+
+    @classmethod
+    def from_yaml(cls, path: str, preset: str | None = None) -> "ReconConfig":
+        return cls.from_mapping(cls.read_yaml(path), preset=preset)
 
     def replace(self, **changes) -> "ReconConfig":
         return dataclasses.replace(self, **changes)
 
 
+#: folder of the named presets, one ``NAME.yaml`` each: ``description`` (one line for
+#: ``--help`` and errors), optional ``extends`` (another preset, applied first), ``keys``
+PRESETS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets")
+#: the preset of a configuration that names neither ``preset`` nor ``recon``
+DEFAULT_PRESET = "realtime"
+
+
+@functools.lru_cache(maxsize=None)
+def presets() -> dict:
+    """``{name: {"description": str, "keys": dict}}`` of every preset file (``extends`` resolved)."""
+    raw = {}
+    for entry in sorted(os.listdir(PRESETS_DIR)):
+        if entry.endswith(".yaml"):
+            with open(os.path.join(PRESETS_DIR, entry)) as f:
+                raw[entry[:-5]] = yaml.safe_load(f) or {}
+    known = set(ReconConfig.keys())
+    out = {}
+
+    def resolve(name, seen=()):
+        if name in out:
+            return out[name]
+        if name in seen or name not in raw:
+            raise ConfigError(f"preset file {name}.yaml: 'extends' chain {' -> '.join(seen + (name,))} is broken")
+        spec = raw[name]
+        keys = dict(spec.get("keys") or {})
+        bad = sorted(set(keys) - known)
+        if bad or not isinstance(spec, dict):
+            raise ConfigError(f"preset file {name}.yaml: unknown configuration key(s) {bad}")
+        base = resolve(spec["extends"], seen + (name,))["keys"] if spec.get("extends") else {}
+        out[name] = {"description": " ".join(str(spec.get("description", "")).split()), "keys": {**base, **keys}}
+        return out[name]
+
+    for name in raw:
+        resolve(name)
+    return out
+
+
+def preset_for(values: dict, named: str | None = None) -> str | None:
+    """The preset under the keys ``values``: ``named``; else, when ``values`` name a
+    ``recon``, the preset of that name or none (the field defaults); else the default."""
+    if named:
+        return named
+    recon = values.get("recon")
+    if recon is None:
+        return DEFAULT_PRESET
+    recon = str(recon).strip()
+    return recon if recon in presets() else None
+
+
+def preset_values(name: str | None, values: dict | None = None) -> dict:
+    """The keys of the preset ``name`` (empty for None) under the keys ``values``: when
+    ``values`` change its ``recon`` and name no ``model``, the preset's model (which belongs
+    to its recon) is left out. An unknown name raises :class:`ConfigError` listing the presets."""
+    if name is None:
+        return {}
+    table = presets()
+    if name not in table:
+        raise ConfigError(f"preset {name!r}: no such preset; presets: "
+                          + "; ".join(f"{n} ({p['description'].split(':')[0]})" for n, p in sorted(table.items())))
+    keys = dict(table[name]["keys"])
+    values = values or {}
+    if "recon" in values and str(values["recon"]).strip() != keys.get("recon") and "model" not in values:
+        keys.pop("model", None)
+    return keys
+
+
 def _coerce(key: str, value, kind: type):
+    if key == "gradient_delay":
+        value = setting_text(value)
     if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
         return value
     if kind is bool:

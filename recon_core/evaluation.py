@@ -1,4 +1,8 @@
-"""Scoring reconstructions against references and against the measured k-space."""
+"""Scoring reconstructions against references and against the measured k-space.
+
+Operators and metrics only: no learned model is imported here. A trained network becomes
+a method of :func:`compare` through :func:`recon_core.networks.evaluation.network_method`.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -44,6 +48,25 @@ def score(images: np.ndarray, reference: np.ndarray, roi: bool = False) -> dict:
     return frame_metrics(images[:n], reference[:n], mask)
 
 
+def by_slice(images) -> dict:
+    """ISMRMRD images grouped by their ``slice``, each group in ``image_index`` order:
+    ``{slice: [image, ...]}`` with the slices ascending."""
+    groups: dict = {}
+    for img in images:
+        groups.setdefault(int(img.getHead().slice), []).append(img)
+    return {s: sorted(groups[s], key=lambda i: i.getHead().image_index) for s in sorted(groups)}
+
+
+def score_slices(images, references, roi: bool = False, pixels=None) -> dict:
+    """Score reconstructed ISMRMRD ``images`` against ``references`` slice by slice (matched
+    by ``slice``, frames by ``image_index``): ``{slice: score(...)}`` for the slices both
+    have. ``pixels(img) -> (Y, X)`` reads an image (default: its first channel and z)."""
+    pixels = pixels or (lambda img: np.asarray(img.data)[0, 0])
+    mine, theirs = by_slice(images), by_slice(references)
+    return {s: score(np.stack([pixels(i) for i in mine[s]]), np.stack([pixels(i) for i in theirs[s]]), roi=roi)
+            for s in mine if s in theirs}
+
+
 def add_kspace_noise(kspace: np.ndarray, level: float, seed: int = 0) -> np.ndarray:
     """Complex Gaussian noise of standard deviation ``level * rms(kspace)`` added to every
     sample (the robustness experiment: the same scan, noisier)."""
@@ -72,22 +95,6 @@ def classical_methods(cg_iterations: int = 8) -> dict:
     return {"gridding": wrap(gridding),
             "cgsense": wrap(lambda k, c, m: cg_sense(k, c, m, iterations=cg_iterations)),
             "cs": wrap(temporal_tv)}
-
-
-def network_method(model, cg_start_iterations: int = 3, **kwargs):
-    """fn(kspace, coords, maps) -> images for a trained network, all frames as one window."""
-    from .networks.problem import make_problem
-
-    def run(kspace, coords, maps):
-        model.eval()
-        with torch.no_grad():
-            problem = make_problem(torch.from_numpy(kspace), torch.from_numpy(coords), torch.from_numpy(maps),
-                                   cg_iterations=cg_start_iterations)
-            x, info = model(problem, **kwargs)
-        run.last_info = info
-        return (x * problem.scale).numpy()
-    run.last_info = {}
-    return run
 
 
 def compare(scans: list, methods: dict, noise: float = 0.0, roi: bool = False, progress=None) -> dict:

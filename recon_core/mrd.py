@@ -47,6 +47,11 @@ class RadialProtocol:
     fov_mm: float
     linear_interleaves: int = 4
     frames: int = 0
+    #: the header's encodingLimits: spokes (kspace_encoding_step_1 range) and repetitions of one
+    #: slice's cine (0: not given), slices (1 if not given)
+    limits_spokes: int = 0
+    limits_repetitions: int = 0
+    slices: int = 1
 
     @property
     def frame_rate_hz(self) -> float:
@@ -105,12 +110,32 @@ def protocol_from_header(header: xsd.ismrmrdHeader) -> RadialProtocol:
         matrix=int(recon.x), samples=samples, coils=int(coils),
         spokes_per_frame=int(longs.get("spokes_per_frame", 0)),
         ordering=ordering, tr_ms=tr, fov_mm=float(enc.reconSpace.fieldOfView_mm.x),
-        linear_interleaves=int(longs.get("linear_interleaves", 4)), frames=frames)
+        linear_interleaves=int(longs.get("linear_interleaves", 4)), frames=frames,
+        limits_spokes=_limit_count(limits, "kspace_encoding_step_1"),
+        limits_repetitions=_limit_count(limits, "repetition"),
+        slices=max(1, min(_limit_count(limits, "slice"), MAX_SLICES)))
+
+
+#: most slices a header's encodingLimits may declare (image series are numbered set * slices + slice)
+MAX_SLICES = 1024
+
+
+def _limit_count(limits, name: str) -> int:
+    """``maximum - minimum + 1`` of one counter of ``encodingLimits`` (0 if not given or not sane)."""
+    lim = getattr(limits, name, None) if limits is not None else None
+    try:
+        lo, hi = int(lim.minimum or 0), int(lim.maximum)
+    except (AttributeError, TypeError, ValueError):
+        return 0
+    return hi - lo + 1 if hi >= lo >= 0 else 0
 
 
 def make_header(p: RadialProtocol, measurement_id: str = "rtcinesim_phantom_session_0001",
-                receiver_bandwidth: float = 0.793) -> xsd.ismrmrdHeader:
-    """A complete ISMRMRD header for a simulated radial cine (one slice, frames as repetitions).
+                receiver_bandwidth: float = 0.793, spf_parameter: bool = True) -> xsd.ismrmrdHeader:
+    """A complete ISMRMRD header for a simulated radial cine (``p.slices`` slices, frames as
+    repetitions; ``encodingLimits`` count one slice's spokes and repetitions). Without
+    ``spf_parameter`` the trajectoryDescription has no ``spokes_per_frame`` user parameter
+    (as a scanner's header has none): frames then come from the stream's markers.
 
     Two details matter to a real Gadgetron 4.7: no ``<version>`` element (its ISMRMRD
     library refuses a header whose version differs from its own schema's), and a
@@ -125,13 +150,14 @@ def make_header(p: RadialProtocol, measurement_id: str = "rtcinesim_phantom_sess
         kspace_encoding_step_0=xsd.limitType(minimum=0, maximum=p.samples - 1, center=p.samples // 2),
         kspace_encoding_step_1=xsd.limitType(minimum=0, maximum=total - 1, center=0),
         kspace_encoding_step_2=xsd.limitType(minimum=0, maximum=0, center=0),
-        slice=xsd.limitType(minimum=0, maximum=0, center=0),
+        slice=xsd.limitType(minimum=0, maximum=max(p.slices, 1) - 1, center=0),
         repetition=xsd.limitType(minimum=0, maximum=max(p.frames, 1) - 1, center=0),
         phase=xsd.limitType(minimum=0, maximum=0, center=0))
     desc = xsd.trajectoryDescriptionType(
         identifier=TRAJECTORY_ID,
-        userParameterLong=[xsd.userParameterLongType(name="spokes_per_frame", value=p.spokes_per_frame),
-                           xsd.userParameterLongType(name="linear_interleaves", value=p.linear_interleaves)],
+        userParameterLong=([xsd.userParameterLongType(name="spokes_per_frame", value=p.spokes_per_frame)]
+                           if spf_parameter else [])
+        + [xsd.userParameterLongType(name="linear_interleaves", value=p.linear_interleaves)],
         userParameterDouble=[],
         userParameterString=[xsd.userParameterStringType(name="ordering", value=p.ordering)],
         comment="spoke n has angle theta(n) on [0, pi), n = idx.kspace_encode_step_1 (see recon_core.trajectory)")
@@ -159,6 +185,47 @@ def header_to_xml(header: xsd.ismrmrdHeader) -> str:
 
 def is_noise(acq: ismrmrd.Acquisition) -> bool:
     return acq.is_flag_set(ismrmrd.ACQ_IS_NOISE_MEASUREMENT)
+
+
+def _bit(flag: int) -> int:
+    return 1 << (flag - 1)
+
+
+#: flags that mark an acquisition as data other than an imaging spoke -> the name of its kind
+NON_IMAGING_FLAGS = {
+    ismrmrd.ACQ_IS_DUMMYSCAN_DATA: "dummy scan",
+    ismrmrd.ACQ_IS_PHASECORR_DATA: "phase correction",
+    ismrmrd.ACQ_IS_NAVIGATION_DATA: "navigator",
+    ismrmrd.ACQ_IS_RTFEEDBACK_DATA: "RT feedback",
+    ismrmrd.ACQ_IS_HPFEEDBACK_DATA: "HP feedback",
+    ismrmrd.ACQ_IS_SURFACECOILCORRECTIONSCAN_DATA: "surface coil correction scan",
+    ismrmrd.ACQ_IS_PARALLEL_CALIBRATION: "parallel calibration",
+    ismrmrd.ACQ_IS_PHASE_STABILIZATION: "phase stabilization",
+    ismrmrd.ACQ_IS_PHASE_STABILIZATION_REFERENCE: "phase stabilization reference",
+}
+#: the bits of :data:`NON_IMAGING_FLAGS` and the noise flag, for one test per acquisition
+NOT_A_SPOKE_MASK = _bit(ismrmrd.ACQ_IS_NOISE_MEASUREMENT)
+for _flag in NON_IMAGING_FLAGS:
+    NOT_A_SPOKE_MASK |= _bit(_flag)
+
+
+def is_imaging(acq: ismrmrd.Acquisition) -> bool:
+    """True for an imaging spoke: encoding space 0 and none of the noise or non-imaging flags."""
+    return not acq.flags & NOT_A_SPOKE_MASK and acq.encoding_space_ref == 0
+
+
+def non_imaging_kind(acq: ismrmrd.Acquisition) -> str | None:
+    """What a non-imaging acquisition is (``dummy scan``, ``navigator``, ... ``noise scan``,
+    ``encoding space N``), or None for an imaging spoke."""
+    if acq.flags & NOT_A_SPOKE_MASK:
+        if acq.flags & _bit(ismrmrd.ACQ_IS_NOISE_MEASUREMENT):
+            return "noise scan"
+        for flag, name in NON_IMAGING_FLAGS.items():
+            if acq.flags & _bit(flag):
+                return name
+    if acq.encoding_space_ref != 0:
+        return f"encoding space {acq.encoding_space_ref}"
+    return None
 
 
 def acquisition_coordinates(acq: ismrmrd.Acquisition, protocol: RadialProtocol,

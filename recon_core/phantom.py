@@ -101,14 +101,20 @@ class DynamicPhantom:
     ``render(t)`` gives the complex image at time ``t`` seconds.
     """
 
-    def __init__(self, anatomy: Anatomy, n: int):
+    def __init__(self, anatomy: Anatomy, n: int, texture: float = 1.0, fine_texture: float = 0.0):
+        """``texture`` scales the smooth texture's amplitude (1: 8% + 4% std); ``fine_texture``
+        adds a fine-grained one (std, band-limited to 50 cycles/FOV), as trabeculae and
+        parenchyma give."""
         self.a = anatomy
         self.n = n
         g = (np.arange(n) - n / 2 + 0.5) / (n / 2)
         self.y, self.x = np.meshgrid(g, g, indexing="ij")
         self.edge = 1.0 / n
         rng = np.random.default_rng(anatomy.texture_seed)
-        self.texture = 1.0 + 0.08 * _smooth_field(rng, n, 6.0) + 0.04 * _smooth_field(rng, n, 20.0)
+        self.texture = 1.0 + texture * (0.08 * _smooth_field(rng, n, 6.0) + 0.04 * _smooth_field(rng, n, 20.0))
+        if fine_texture:
+            self.texture = self.texture + fine_texture * _smooth_field(rng, n, 50.0)
+        self.texture = np.clip(self.texture, 0.0, None)
         c = anatomy.phase_coeffs
         self.phase = np.exp(1j * (c[0] + c[1] * self.x + c[2] * self.y + c[3] * self.x * self.y
                                   + c[4] * self.x ** 2 + c[5] * self.y ** 2))
@@ -154,15 +160,22 @@ class DynamicPhantom:
         return (img * self.texture * body * self.phase).astype(np.complex64)
 
 
-def coil_sensitivities(rng: np.random.Generator, coils: int, n: int) -> np.ndarray:
-    """Smooth complex sensitivities ``(coils, n, n)`` of a ring of surface coils.
+COIL_LAYOUTS = ("ring", "panels")
 
-    Coil centres lie on an ellipse just outside the body at jittered, evenly spaced
-    angles; magnitude falls off like a loop coil's (``(1 + (d/d0)^2)^-1.5``), phase has a
-    per-coil offset and a gentle gradient. Normalised so that ``sum_c |S_c|^2 = 1``
+
+def coil_sensitivities(rng: np.random.Generator, coils: int, n: int, layout: str = "ring") -> np.ndarray:
+    """Smooth complex sensitivities ``(coils, n, n)`` of surface coils around the body.
+
+    ``layout``: ``ring``, coil centres on an ellipse just outside the body at jittered,
+    evenly spaced angles; ``panels``, an anterior and a posterior array (centres on two lines
+    above and below the body, as chest and spine coils), so that the body's centre is far
+    from every coil. Magnitude falls off like a loop coil's (``(1 + (d/d0)^2)^-1.5``), phase
+    has a per-coil offset and a gentle gradient. Normalised so that ``sum_c |S_c|^2 = 1``
     everywhere: the reference frames are then exactly what a perfect SENSE reconstruction
     with normalised (ESPIRiT-like) maps returns, without coil shading.
     """
+    if layout not in COIL_LAYOUTS:
+        raise ValueError(f"coil layout {layout!r}: expected one of {COIL_LAYOUTS}")
     g = (np.arange(n) - n / 2 + 0.5) / (n / 2)
     y, x = np.meshgrid(g, g, indexing="ij")
     start = rng.uniform(0, 2 * math.pi)
@@ -170,8 +183,14 @@ def coil_sensitivities(rng: np.random.Generator, coils: int, n: int) -> np.ndarr
     d0 = rng.uniform(0.5, 1.0)
     maps = []
     for c in range(coils):
-        th = start + 2 * math.pi * c / coils + rng.normal(0, 0.15)
-        cx, cy = rx * math.cos(th), ry * math.sin(th)
+        if layout == "ring":
+            th = start + 2 * math.pi * c / coils + rng.normal(0, 0.15)
+            cx, cy = rx * math.cos(th), ry * math.sin(th)
+        else:
+            row, col = c % 2, c // 2
+            per_row = (coils + 1 - row) // 2
+            cx = (col + 0.5) / per_row * 1.6 - 0.8 + rng.normal(0, 0.05)
+            cy = (1 if row == 0 else -1) * ry * 0.9
         d2 = (x - cx) ** 2 + (y - cy) ** 2
         mag = (1 + d2 / d0 ** 2) ** -1.5
         ph = rng.uniform(0, 2 * math.pi) + rng.normal(0, 0.5) * x + rng.normal(0, 0.5) * y

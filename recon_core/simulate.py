@@ -4,7 +4,9 @@ The object is rendered on a grid twice as fine as the reconstruction matrix and
 sampled by a NUFFT on that fine grid (the reconstruction uses the coarse one, so the
 simulation does not commit the "inverse crime"); the reference frame is the 2x2 block
 average of the fine object. One spoke per TR; each frame is rendered at the centre time
-of its spokes (no motion within a frame).
+of its spokes, or, with ``motion_samples`` > 1, each group of a frame's spokes at the group's
+own time (motion within a frame; ``motion_samples = spokes_per_frame``: spoke by spoke);
+the reference is always the object at the frame's centre time.
 
 Noise: complex Gaussian, correlated across coils with a random covariance ``Psi``
 (mean diagonal 1), standard deviation ``sigma = m * N / snr`` where ``m`` is the mean
@@ -20,7 +22,8 @@ import ismrmrd
 import numpy as np
 import torch
 
-from .mrd import TICK_SECONDS, RadialProtocol, header_to_xml, make_header
+from .gradient_delay import GradientDelay, delayed_coordinates
+from .mrd import RadialProtocol, header_to_xml, make_header
 from .nufft import nufft_forward
 from .phantom import DynamicPhantom, coil_sensitivities, random_anatomy
 from .trajectory import radial_coordinates, spoke_angles
@@ -45,11 +48,33 @@ class SimulationConfig:
     coil_correlation: float = 0.3
     oversampling: int = 2
     fov_mm: float = 300.0
+    #: times per frame the object is rendered (1: at the frame's centre; spokes_per_frame: per spoke)
+    motion_samples: int = 1
+    #: coil arrangement (phantom.COIL_LAYOUTS)
+    coil_layout: str = "ring"
+    #: amplitude of the smooth texture (1: as drawn) and std of a fine-grained one
+    texture: float = 1.0
+    fine_texture: float = 0.0
+    #: gradient delays (dx, dy[, dxy]) in readout samples (recon_core.gradient_delay): the
+    #: k-space is sampled on the delayed trajectory, the acquisitions carry the nominal one
+    gradient_delay: tuple = (0.0, 0.0)
+    #: what a scanner's stream carries (recon_core.simulate_stack): slices (each its own anatomy,
+    #: coils and position), their order (sequential or interleaved) and spacing; the header
+    #: without the spokes_per_frame user parameter (spf_header=False: frames from the markers);
+    #: dummy scans and a phase-correction acquisition at the start of each slice; a navigator
+    #: every navigator_every spokes (0: none)
+    slices: int = 1
+    slice_order: str = "sequential"
+    slice_spacing_mm: float = 10.0
+    spf_header: bool = True
+    dummy_scans: int = 0
+    phasecorr: bool = False
+    navigator_every: int = 0
 
     def protocol(self) -> RadialProtocol:
         return RadialProtocol(matrix=self.matrix, samples=self.oversampling * self.matrix, coils=self.coils,
                               spokes_per_frame=self.spokes_per_frame, ordering=self.trajectory,
-                              tr_ms=self.tr_ms, fov_mm=self.fov_mm, frames=self.frames)
+                              tr_ms=self.tr_ms, fov_mm=self.fov_mm, frames=self.frames, slices=self.slices)
 
 
 @dataclass
@@ -85,24 +110,29 @@ def simulate(cfg: SimulationConfig, progress=None) -> SimulatedScan:
     samples = cfg.oversampling * n
     fine = 2 * n
     anatomy = random_anatomy(rng)
-    phantom = DynamicPhantom(anatomy, fine)
-    maps = torch.from_numpy(coil_sensitivities(rng, cfg.coils, fine))
+    phantom = DynamicPhantom(anatomy, fine, cfg.texture, cfg.fine_texture)
+    maps = torch.from_numpy(coil_sensitivities(rng, cfg.coils, fine, cfg.coil_layout))
     mixing, psi = _coil_mixing(rng, cfg.coils, cfg.coil_correlation)
 
     profiles = np.arange(t_frames * s).reshape(t_frames, s)
     angles = spoke_angles(profiles, cfg.trajectory, s)
     coords = radial_coordinates(angles, samples)                             # (T, S, R, 2)
+    sampled = delayed_coordinates(coords, GradientDelay(*cfg.gradient_delay))  # where the samples are
     tr = cfg.tr_ms * 1e-3
     frame_times = (profiles.mean(1) + 0.5) * tr
 
     kspace = np.empty((t_frames, cfg.coils, s, samples), np.complex64)
     reference = np.empty((t_frames, n, n), np.complex64)
+    groups = np.array_split(np.arange(s), max(1, min(cfg.motion_samples, s)))
     for f in range(t_frames):
         obj = phantom.render(frame_times[f])
         reference[f] = obj.reshape(n, 2, n, 2).mean(axis=(1, 3))
-        k_fine = torch.from_numpy(coords[f].reshape(1, -1, 2) / 2.0)
-        y = nufft_forward((maps * torch.from_numpy(obj))[None], k_fine)[0] / 4.0
-        kspace[f] = y.numpy().reshape(cfg.coils, s, samples)
+        for spokes in groups:
+            if len(groups) > 1:               # the object while these spokes were acquired
+                obj = phantom.render((profiles[f, spokes].mean() + 0.5) * tr)
+            k_fine = torch.from_numpy(sampled[f, spokes].reshape(1, -1, 2) / 2.0)
+            y = nufft_forward((maps * torch.from_numpy(obj))[None], k_fine)[0] / 4.0
+            kspace[f][:, spokes] = y.numpy().reshape(cfg.coils, len(spokes), samples)
         if progress:
             progress(f + 1)
 
@@ -122,54 +152,17 @@ def simulate(cfg: SimulationConfig, progress=None) -> SimulatedScan:
                          extras={"sigma": sigma, "mixing": mixing})
 
 
-def _set_geometry(acq):
-    acq.read_dir[:] = (1.0, 0.0, 0.0)
-    acq.phase_dir[:] = (0.0, 1.0, 0.0)
-    acq.slice_dir[:] = (0.0, 0.0, 1.0)
-    acq.position[:] = (0.0, 0.0, 0.0)
+def acquisitions(scan):
+    """Yield the scan (a :class:`SimulatedScan`, or a stack from
+    :func:`recon_core.simulate_stack.simulate_stack`) as ISMRMRD acquisitions: noise scans,
+    then one acquisition per TR in time order (spokes with their frame and slice markers,
+    and the non-imaging acquisitions the configuration asks for; see
+    :mod:`recon_core.simulate_stack`)."""
+    from .simulate_stack import SimulatedStack, slice_positions, stream_acquisitions
 
-
-def acquisitions(scan: SimulatedScan):
-    """Yield the scan as ISMRMRD acquisitions: noise scans, then one per spoke in time order."""
-    cfg = scan.config
-    samples = scan.kspace.shape[-1]
-    counter = 0
-    for k in range(scan.noise.shape[0]):
-        acq = ismrmrd.Acquisition.from_array(scan.noise[k])
-        acq.set_flag(ismrmrd.ACQ_IS_NOISE_MEASUREMENT)
-        acq.sample_time_us = DWELL_US
-        acq.scan_counter = counter
-        _set_geometry(acq)
-        counter += 1
-        yield acq
-    tr = cfg.tr_ms * 1e-3
-    rr = 60.0 / scan.heart_rate_bpm
-    t_frames, _, s, _ = scan.kspace.shape
-    for f in range(t_frames):
-        for p in range(s):
-            n = f * s + p
-            t = (n + 1) * tr
-            traj = scan.coords[f, p] if cfg.include_traj else None
-            acq = ismrmrd.Acquisition.from_array(np.ascontiguousarray(scan.kspace[f, :, p]), traj)
-            acq.sample_time_us = DWELL_US
-            acq.center_sample = samples // 2
-            acq.scan_counter = counter
-            acq.acquisition_time_stamp = int(round(t / TICK_SECONDS))
-            acq.physiology_time_stamp[0] = int(round((t % rr) / TICK_SECONDS))
-            acq.idx.kspace_encode_step_1 = n
-            acq.idx.repetition = f
-            _set_geometry(acq)
-            if p == 0:
-                acq.set_flag(ismrmrd.ACQ_FIRST_IN_REPETITION)
-            if p == s - 1:
-                acq.set_flag(ismrmrd.ACQ_LAST_IN_REPETITION)
-            if n == 0:
-                acq.set_flag(ismrmrd.ACQ_FIRST_IN_SLICE)
-            if n == t_frames * s - 1:
-                acq.set_flag(ismrmrd.ACQ_LAST_IN_SLICE)
-                acq.set_flag(ismrmrd.ACQ_LAST_IN_MEASUREMENT)
-            counter += 1
-            yield acq
+    if not isinstance(scan, SimulatedStack):
+        scan = SimulatedStack(scan.config, [scan], slice_positions(1, 0.0))
+    yield from stream_acquisitions(scan, DWELL_US)
 
 
 def reference_images(scan: SimulatedScan):
@@ -185,14 +178,22 @@ def reference_images(scan: SimulatedScan):
         yield img
 
 
-def write_dataset(path: str, scan: SimulatedScan) -> None:
-    """Write header, acquisitions and the reference image group to an ISMRMRD HDF5 file."""
+def write_dataset(path: str, scan) -> None:
+    """Write header, acquisitions and the reference image group to an ISMRMRD HDF5 file
+    (a stack: every slice's references, with their ``slice``)."""
+    from .simulate_stack import SimulatedStack
+    from .simulate_stack import reference_images as stack_references
+
+    cfg = scan.config
+    protocol = cfg.protocol()
+    protocol.slices = len(scan.slices) if isinstance(scan, SimulatedStack) else 1
     dset = ismrmrd.Dataset(path, "dataset", create_if_needed=True)
     try:
-        dset.write_xml_header(header_to_xml(make_header(scan.config.protocol())))
+        dset.write_xml_header(header_to_xml(make_header(protocol, spf_parameter=cfg.spf_header)))
         for acq in acquisitions(scan):
             dset.append_acquisition(acq)
-        for img in reference_images(scan):
+        references = stack_references(scan, cfg.fov_mm) if isinstance(scan, SimulatedStack) else reference_images(scan)
+        for img in references:
             dset.append_image(REFERENCE_GROUP, img)
     finally:
         dset.close()

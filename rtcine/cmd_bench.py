@@ -15,6 +15,9 @@ reference PSNR of the kind's model (``--model``, else the shipped one; for ``imu
 not the real-time model) run offline to convergence (all frames in one window, 50
 iterations, tol 1e-4) is given too, computed once per kind after the timed runs.
 
+``--preset NAME`` (repeatable) benches a configuration preset (``rtcine replay --preset``:
+realtime, causal, quality, cgsense, gridding), alone or after ``--methods``.
+
 Method presets (override any key with ``--set key=value``, applied to all):
   gridding, cgsense                   the classical chain
   imunne-cold                         network, 5-frame windows (2 look-ahead), 10 updates per
@@ -33,6 +36,12 @@ Method presets (override any key with ``--set key=value``, applied to all):
                                       (deadline_ms=100: p99 99-126 ms in the 8 final runs,
                                       152-155 without, same PSNR), overload=reduce from 2
                                       frames behind (queue_size=2)
+  cs-rt                               the streaming CS peer (recon: cs, recon_core/streaming_cs.py)
+                                      on the imunne-rt schedule: temporal TV on the same 2-frame
+                                      windows (1 look-ahead), warm start, 100 ms deadline,
+                                      overload=reduce; cs_iterations (3, about the cost of the
+                                      network's 2 updates) primal-dual iterations per window at
+                                      cs_lambda (0.02)
 """
 from __future__ import annotations
 
@@ -40,6 +49,8 @@ import json
 import multiprocessing as mp
 
 from recon_core.config import NETWORK_RECONS
+
+DEFAULT_METHODS = ["gridding", "cgsense", "imunne-cold", "imunne-warm", "imunne-rt"]
 
 PRESETS = {
     "gridding": {"recon": "gridding"},
@@ -52,13 +63,20 @@ PRESETS = {
     "imunne-rt": {"recon": "imunne", "model": "imunne_rt", "warm_start": True, "window": 2,
                   "lookahead": 1, "max_iterations": 2, "deadline_ms": 100, "overload": "reduce",
                   "queue_size": 2},
+    "cs-rt": {"recon": "cs", "model": "", "warm_start": True, "window": 2, "lookahead": 1, "deadline_ms": 100,
+              "overload": "reduce", "queue_size": 2},
 }
 
 
 def add_parser(sub):
     p = sub.add_parser("bench", help="latency, throughput, memory and quality of every method at scanner pace")
     p.add_argument("input")
-    p.add_argument("--methods", default="gridding,cgsense,imunne-cold,imunne-warm,imunne-rt")
+    p.add_argument("--methods", default=None,
+                   help="comma-separated method presets above, or configuration presets (rtcine replay --preset); "
+                        "default gridding,cgsense,imunne-cold,imunne-warm,imunne-rt")
+    p.add_argument("--preset", action="append", default=[], metavar="NAME",
+                   help="a configuration preset to bench (realtime, causal, quality, cgsense, gridding; "
+                        "repeatable); with --methods, benched after them")
     p.add_argument("--device", default="cpu")
     p.add_argument("--model", action="append", default=[], metavar="[KIND=]PATH",
                    help="network model: PATH for imunne (default: the shipped one), KIND=PATH for altun/dune/flat")
@@ -68,21 +86,6 @@ def add_parser(sub):
     p.add_argument("--json", help="write all numbers here")
     p.add_argument("--histogram", default="bench_latency.png", help="latency histogram picture")
     p.set_defaults(func=run)
-
-
-def _warm_up_process(path, cfg) -> None:
-    """What a server has done before the scan (:func:`gadgets.recon.warm_up`, for this file's
-    protocol), so that it is not timed as the scan's."""
-    from gadgets.recon import warm_up
-    from recon_core.mrd import open_dataset, protocol_from_header, read_header
-
-    dset = open_dataset(path)
-    try:
-        protocol = protocol_from_header(read_header(dset))
-    finally:
-        dset.close()
-    protocol.spokes_per_frame = cfg.spokes_per_frame or protocol.spokes_per_frame or 13
-    warm_up(cfg, protocol)
 
 
 def _worker(path, values, speed, queue):
@@ -103,7 +106,8 @@ def _worker(path, values, speed, queue):
     torch.set_num_threads(max(1, torch.get_num_threads()))
     keep_freed_memory()          # a fresh (spawned) process: as rtcine and the Gadgetron entry do
     cfg = ReconConfig.from_mapping(values)
-    _warm_up_process(path, cfg)
+    # warmed up first, as a server is before a scan (replay(realtime=True) does it: ESPIRiT,
+    # the reconstructor built once, for this file's protocol), so that it is not timed
     s = replay(path, cfg, realtime=True, speed=speed)
     images = s.pop("images_list")
     result = {k: v for k, v in s.items()}
@@ -136,7 +140,8 @@ def _offline_psnr(path, cfg, model: str):
     from gadgets.frames_from_file import load_frames
     from gadgets.images import image_frame
     from recon_core.coils import calibration_images, espirit_maps
-    from recon_core.evaluation import network_method, score
+    from recon_core.evaluation import score
+    from recon_core.networks.evaluation import network_method
     from recon_core.mrd import read_images
     from recon_core.networks.streaming import load_model, model_path
     from recon_core.simulate import REFERENCE_GROUP
@@ -178,10 +183,18 @@ def run(args) -> int:
         models[kind or "imunne"] = path
     ctx = mp.get_context("spawn")
     results, settings = {}, {}
-    for name in args.methods.split(","):
-        if name not in PRESETS:
-            raise ValueError(f"unknown method preset {name!r}; expected one of {sorted(PRESETS)}")
-        values = settings[name] = dict(PRESETS[name], device=args.device, **overrides)
+    from recon_core.config import ReconConfig, presets
+    methods = args.methods.split(",") if args.methods else ([] if args.preset else DEFAULT_METHODS)
+    for name in methods + args.preset:
+        if name in PRESETS:
+            values = dict(PRESETS[name], device=args.device, **overrides)
+        elif name in presets():
+            values = {"preset": name, "device": args.device, **overrides}
+        else:
+            raise ValueError(f"unknown method {name!r}; expected one of {sorted(PRESETS)} or a configuration "
+                             f"preset {sorted(presets())}")
+        values["recon"] = ReconConfig.from_mapping(values).recon
+        settings[name] = values
         if values["recon"] in models:
             values["model"] = models[values["recon"]]
         queue = ctx.Queue()

@@ -3,6 +3,12 @@
     rtcine compare --data runs/data --split test --methods gridding,cgsense,cs,cunet,altun,imunne \
         [--models recon_core/models] [--noise 0,0.05] [--json out.json]
 
+    rtcine compare --suite shifted --suite-dir runs/shifted --methods all [--model-dir DIR] [--json out.json]
+
+With ``--suite``, every method (``all``: gridding, cgsense, cs, bart, cunet, altun, imunne,
+realtime, cs-stream) is scored on the suite's in-distribution and shifted test scans, per
+axis and overall, lambdas tuned on its val part (see rtcine/suite_compare.py).
+
 Networks are read from ``--models`` (``<kind>_small.safetensors``) or given one by one
 with ``--model kind=PATH``. Each scan is reconstructed as a whole (all its frames as one
 window); PSNR/SSIM/NRMSE are means over frames and scans (magnitude, LS-scaled, vs the
@@ -13,6 +19,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import time
 
 
 def add_parser(sub):
@@ -29,6 +36,20 @@ def add_parser(sub):
     p.add_argument("--imunne-max-iter", type=int, default=50,
                    help="iteration cap of implicit networks (they run to tol 1e-3 or this many iterations)")
     p.add_argument("--json", help="write the results here")
+    p.add_argument("--suite", choices=("shifted",), help="compare on a built suite of ISMRMRD files instead "
+                   "(in-distribution and shifted scans, streaming methods through the chain; rtcine/suite_compare.py)")
+    p.add_argument("--suite-dir", default="runs/shifted", help="with --suite: the suite's folder")
+    p.add_argument("--parts", default="indist,test", help="with --suite: parts to score (indist, test, val)")
+    p.add_argument("--model-dir", help="with --suite: folder of the network models (<kind>_small.safetensors, "
+                   "imunne_rt_small.safetensors); default --models")
+    p.add_argument("--no-cache", action="store_true", help="with --suite: recompute cached results")
+    p.add_argument("--lams", action="append", default=[], metavar="METHOD=L1,L2,...",
+                   help="with --suite: lambda grid tuned on val for cs, bart or cs-stream (default: "
+                        "rtcine/suite_compare.py LAM_GRIDS)")
+    p.add_argument("--cached-only", action="store_true", help="with --suite: the table from cached results only "
+                   "(nothing is reconstructed)")
+    p.add_argument("--unpaced", action="store_true", help="with --suite: replay the streaming methods unpaced "
+                   "(schedule quality without scanner pacing) instead of at scanner pace")
     p.set_defaults(func=run)
 
 
@@ -40,11 +61,34 @@ def _model_paths(args) -> dict:
     return paths
 
 
+def run_suite(args) -> int:
+    from rtcine.suite_compare import ALL_METHODS, compare_suite, format_table
+
+    methods = ALL_METHODS if args.methods == "all" else tuple(args.methods.split(","))
+    t0 = time.perf_counter()
+    result = compare_suite(args.suite_dir, list(methods), args.model_dir or args.models,
+                           parts=tuple(args.parts.split(",")), imunne_max_iter=args.imunne_max_iter,
+                           use_cache=not args.no_cache, paced=not args.unpaced, cached_only=args.cached_only,
+                           lam_grids={k: tuple(float(v) for v in g.split(",")) for k, g in
+                                      (item.split("=", 1) for item in args.lams)},
+                           log=lambda m: print(m, flush=True))
+    print()
+    print(format_table(result))
+    print(f"({time.perf_counter() - t0:.0f} s)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+    return 0
+
+
 def run(args) -> int:
+    if args.suite:
+        return run_suite(args)
     from tqdm import tqdm
 
-    from recon_core.evaluation import classical_methods, compare, network_method
-    from recon_core.training.checkpoint import load_checkpoint
+    from recon_core.evaluation import classical_methods, compare
+    from recon_core.networks.checkpoint import load_checkpoint
+    from recon_core.networks.evaluation import network_method
     from recon_core.training.data import load_scan
 
     files = sorted(glob.glob(os.path.join(args.data, f"{args.split}_*.npz")))

@@ -24,6 +24,9 @@ def add_parser(sub):
     p.add_argument("--window", type=int, default=5, help="frames per training window")
     p.add_argument("--channels", type=int, default=16)
     p.add_argument("--levels", type=int, default=2)
+    p.add_argument("--noise-input", action="store_true",
+                   help="imunne/altun/cunet: the regularizer also sees the data's noise level (after "
+                        "prewhitening it is known: recon_core.networks.problem.WHITENED_NOISE_STD)")
     p.add_argument("--max-iter", type=int, default=6, help="IMUNNE fixed-point iterations in training")
     p.add_argument("--tol", type=float, default=1e-2)
     p.add_argument("--anderson", type=int, default=0,
@@ -80,6 +83,7 @@ def run(args) -> int:
         with tqdm(total=count, desc=f"data {split}", unit="scan") as bar:
             splits[split] = build_split(args.data, split, count, progress=lambda i: bar.update(i - bar.n))
     cfg = TrainConfig(model=args.model, channels=args.channels, levels=args.levels, max_iter=args.max_iter,
+                      noise_input=args.noise_input,
                       tol=args.tol, anderson=args.anderson, blocks=args.blocks, window=args.window, steps=args.steps, lr=args.lr,
                       validate_every=args.validate_every, checkpoint_every=args.checkpoint_every,
                       device=args.device, init=args.init,

@@ -107,6 +107,61 @@ def _gap(its):
     return its
 
 
+def _renumbered(its):
+    for n, a in enumerate(its):
+        a.scan_counter = n
+    return its
+
+
+def _non_imaging(its):
+    """5 dummy scans and a phase correction (no trajectory) before the first spoke, a
+    navigator (16 samples, no trajectory) before spokes 10, 20, 30, 40."""
+    def extra(flag, like, samples=None):
+        data = like.data[:, :samples] if samples else like.data
+        acq = ismrmrd.Acquisition.from_array(np.ascontiguousarray(data) * 3)
+        acq.set_flag(flag)
+        return acq
+    first = its[spoke(0)]
+    out = its[:NOISE] + [extra(ismrmrd.ACQ_IS_DUMMYSCAN_DATA, first) for _ in range(5)]
+    out.append(extra(ismrmrd.ACQ_IS_PHASECORR_DATA, first))
+    for i, a in enumerate(its[NOISE:]):
+        if i and i % 10 == 0:
+            out.append(extra(ismrmrd.ACQ_IS_NAVIGATION_DATA, a, samples=16))
+        out.append(a)
+    return _renumbered(out)
+
+
+def _late_noise(its):
+    late = reshaped(its[0])
+    return _renumbered(its[:spoke(20)] + [late] + its[spoke(20):])
+
+
+def _two_slices(its):
+    """Frames 3-5 become slice 1 (a sequential stack of two 3-frame slices)."""
+    for i, a in enumerate(its[NOISE:]):
+        if i == 23:
+            a.set_flag(ismrmrd.ACQ_LAST_IN_SLICE)
+        if i >= 24:
+            a.idx.slice = 1
+            a.idx.repetition -= 3
+            a.idx.kspace_encode_step_1 -= 24
+    return its
+
+
+def _markers_only_header():
+    """No spokes_per_frame user parameter and no repetition range: the default count (13)
+    would cut wrong frames; the stream's markers decide."""
+    xml = header_xml()
+    old_spf = "<userParameterLong>\n    <name>spokes_per_frame</name>\n    <value>8</value>\n   </userParameterLong>"
+    old_rep = "<repetition>\n    <minimum>0</minimum>\n    <maximum>5</maximum>"
+    assert old_spf in xml and old_rep in xml
+    return xml.replace(old_spf, "", 1).replace(old_rep, "<repetition>\n    <minimum>0</minimum>\n    <maximum>0</maximum>", 1)
+
+
+def _unchanged(its):
+    return its
+
+
 # name, mutation, items with traj, header xml, images, same-as-clean image indices,
 # counters, log text, log level
 CASES = [
@@ -124,7 +179,7 @@ CASES = [
      {"bad_spokes": 2, "input_problems": {"non-finite": 2}},
      "acquisition 9 has NaN or Inf samples: dropped", logging.WARNING),
     ("zero-length data", _zero_length, True, None, 6, [],
-     {"bad_spokes": 2, "input_problems": {"no data": 2}, "partial_frames": 1},
+     {"bad_spokes": 2, "input_problems": {"no data": 2}, "partial_frames": 2},   # frames 0 and 1: 7 of 8 each
      "acquisition 11 has no data (4 channels x 0 samples): dropped", logging.WARNING),
     ("duplicated spokes", _duplicates, True, None, 6, [0, 1, 2, 3, 4, 5],
      {"duplicate_spokes": 2, "bad_spokes": 0},
@@ -142,6 +197,17 @@ CASES = [
     ("gap of missing spokes", _gap, True, None, 6, [0, 1],
      {"gaps": 1, "missing_spokes": 3, "partial_frames": 1},
      "gap in the scan counter: 3 acquisition(s) missing between 23 and 27", logging.WARNING),
+    ("dummy scans, phase correction, navigators", _non_imaging, True, header_without_ordering, 6,
+     [0, 1, 2, 3, 4, 5], {"non_imaging": {"dummy scan": 5, "phase correction": 1, "navigator": 4}, "bad_spokes": 0},
+     "dummy scan acquisitions (first: acquisition 4) are not imaging spokes: passed on, not framed", logging.INFO),
+    ("noise scan after the data started", _late_noise, True, None, 6, [0, 1, 2, 3, 4, 5],
+     {"non_imaging": {"noise scan after the data started": 1}, "bad_spokes": 0},
+     "noise scan after the data started acquisitions (first: acquisition 24)", logging.INFO),
+    ("frames from markers, not from the header", _unchanged, True, _markers_only_header, 6, [0, 1, 2, 3, 4, 5],
+     {"frames_from": "idx.repetition markers / ACQ_LAST_IN_REPETITION"},
+     "frames from: idx.repetition markers / ACQ_LAST_IN_REPETITION (frame 0: 8 spokes)", logging.INFO),
+    ("two sequential slices", _two_slices, True, None, 6, [0, 1, 2], {"slices": 2, "slices_ended": 2},
+     "slice 0 ended (ACQ_LAST_IN_SLICE) after 3 frames", logging.INFO),
 ]
 
 
@@ -162,7 +228,10 @@ def test_bad_acquisitions(case, server, clean, clean_notraj, caplog):
             assert summary[key] == want, (key, summary[key])
     if "stream_error" not in counters:
         assert not stats.stream_error
-    assert [i.getHead().image_index for i in imgs] == list(range(1, n_images + 1))
+    numbers: dict = {}                    # image_index counts each slice's frames
+    for img in imgs:
+        numbers.setdefault(img.getHead().slice, []).append(img.getHead().image_index)
+    assert all(v == list(range(1, len(v) + 1)) for v in numbers.values()) and sum(map(len, numbers.values())) == n_images
     assert_same_images([imgs[i] for i in same], [reference[i] for i in same])
     logged(caplog, text, level)
     # through rtcine serve: the same images, the log names the problem

@@ -68,14 +68,14 @@ def test_external_target_imports_and_is_callable(path):
 
 @pytest.mark.parametrize("path", CHAINS, ids=IDS)
 def test_configuration_keys_are_recon_config_keys(path):
-    known = set(ReconConfig.keys())
+    known = set(ReconConfig.keys()) | {"preset"}
     for ext in externals(path):
         conf = ext.find("configuration")
         assert conf is not None, "<external> without <configuration>"
         names = [p.get("name") for p in conf.iter("property")]
         assert len(names) == len(set(names)), f"duplicate properties {names}"
         unknown = set(names) - known
-        assert not unknown, f"not ReconConfig keys (our gadgets would refuse the chain): {sorted(unknown)}"
+        assert not unknown, f"not ReconConfig keys or preset (our gadgets would refuse the chain): {sorted(unknown)}"
         config_from_xml(conf)             # raises ConfigError on a bad value
 
 

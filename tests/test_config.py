@@ -31,7 +31,7 @@ def test_chain_xml_properties():
                         '<property name="spokes_per_frame" value="21"/></configuration>')
     cfg = config_from_xml(xml)
     assert cfg.recon == "gridding" and cfg.spokes_per_frame == 21
-    assert config_from_xml(None) == ReconConfig()
+    assert config_from_xml(None) == ReconConfig.from_preset("realtime")     # no configuration: the default preset
 
 
 def test_yaml_is_safe_loaded(tmp_path):

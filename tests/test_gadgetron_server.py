@@ -53,15 +53,15 @@ CLIENT_GROUP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$")
 MEASUREMENT_ID = re.compile(r"^[^_]*_[^_]*_[^_]*_[^_]*$")
 
 
-def chain_property(path: str, name: str, default: str) -> str:
-    for prop in ET.parse(path).getroot().iter("property"):
-        if prop.get("name") == name:
-            return prop.get("value")
-    return default
+def chain_config(path: str):
+    """The ReconConfig our gadget builds from the chain's <configuration> (its preset resolved)."""
+    from gadgets.entry import config_from_xml
+
+    return config_from_xml(ET.parse(path).getroot().find(".//external/configuration"))
 
 
 def chain_recon(path: str) -> str:
-    return chain_property(path, "recon", "cgsense")
+    return chain_config(path).recon
 
 
 def header_problems(xml: str) -> list[str]:
@@ -225,19 +225,24 @@ def test_chain_through_real_gadgetron(chain, run_chain, scan, gadgetron_server, 
     assert [i.getHead().image_index for i in images] == list(range(1, FRAMES + 1))
     recon = chain_recon(chain)
     assert recon in MIN_PSNR, f"measure a PSNR threshold for recon={recon} (see the module docstring)"
+    used = set()
     for img in images:
         assert img.getHead().image_type == ismrmrd.IMTYPE_COMPLEX
         assert tuple(img.getHead().matrix_size) == (MATRIX, MATRIX, 1)
-        assert img.meta["rtcine_recon"] == recon
+        # <execute> with overload=reduce: frames that arrived while Python started are more than
+        # 0.5 s late and get their gridding image (gadgets.recon.OverloadGuard), saying so
+        catch_up = "rtcine_overload" in img.meta.keys() and img.meta["rtcine_overload"] == "catch-up"
+        assert img.meta["rtcine_recon"] == ("gridding" if catch_up else recon)
+        used.add(img.meta["rtcine_recon"])
         assert float(img.meta["rtcine_latency_ms"]) >= 0
         assert img.meta["GADGETRON_DataRole"] == "Image"
         # a chain that does not wait for the ESPIRiT maps shows its first frames with the
         # fallback maps (this 8-frame scan ends before the 10 calibration frames are in)
-        waits = chain_property(chain, "wait_for_maps", "false") == "true"
+        waits = chain_config(chain).wait_for_maps
         assert img.meta["rtcine_coil_maps"] in (("espirit",) if waits else ("espirit", "fallback"))
     quality = mean_psnr(images, reference, body_mask(reference))
     print(f"{os.path.basename(chain)}: mean PSNR {quality:.2f} dB")
-    assert quality > MIN_PSNR[recon]
+    assert quality > min(MIN_PSNR[r] for r in used)
     assert f"{FRAMES * SPOKES} spokes, {FRAMES} frames, {FRAMES} images" in run.log
     if "NoiseAdjustGadget" in open(chain).read():
         assert "prewhitening from" not in run.log        # Gadgetron prewhitened; ours stayed off

@@ -3,7 +3,7 @@ that get their own images back while stuck ones are given up, and a fuzz of the 
 
 Sizes are small (16x16 or 24x24, 2-4 coils, gridding with low-resolution maps) so that each
 test stays well under 30 s on a loaded 2-core machine. Measured numbers are printed
-(``pytest -s``) and quoted in README.md.
+(``pytest -s``) and quoted in docs/reliability.md.
 """
 from __future__ import annotations
 

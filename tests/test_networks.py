@@ -135,3 +135,29 @@ def test_corrupt_or_missing_model_is_a_clear_error(tmp_path):
     (tmp_path / "bad.yaml").write_text("kind: imunne\narch: {channels: 4}\n")
     with pytest.raises(ValueError, match="cannot be loaded"):
         load_checkpoint(str(tmp_path / "bad.safetensors"))
+
+
+def test_noise_input_network_sees_the_noise_level_and_starts_as_its_initialisation(tiny_problem):
+    """A network with the noise channel, initialised from one without it (as ``rtcine train
+    --noise-input --init`` does), computes the same images; once its noise weights are
+    non-zero, a noisier scan (smaller intensity scale) changes what it does."""
+    from recon_core.training.train import _fit_input_channels
+    problem, _ = tiny_problem
+    torch.manual_seed(0)
+    plain = build_model("altun", blocks=2, **ARCH)
+    torch.nn.init.normal_(plain.block.net.final.weight, std=0.05)
+    noisy = build_model("altun", blocks=2, noise_input=True, **ARCH)
+    own = noisy.state_dict()
+    noisy.load_state_dict({k: _fit_input_channels(v, own[k]) for k, v in plain.state_dict().items()})
+    with torch.no_grad():
+        a, _ = plain(problem)
+        b, _ = noisy(problem)
+        assert torch.allclose(a, b, atol=1e-6)
+        noisy.block.net.enc[0].spatial.weight[:, -1] = 0.3
+        low, _ = noisy(problem)
+        level, problem.noise = problem.noise, problem.noise * 10.0
+        high, _ = noisy(problem)
+        problem.noise = level
+    assert (low - high).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="noise level"):
+        noisy.block.net(problem.x0[None])

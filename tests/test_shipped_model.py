@@ -30,7 +30,8 @@ def test_shipped_model_loads_without_pickle():
 
 
 def test_offline_beats_cgsense(heldout):
-    from recon_core.evaluation import classical_methods, compare, network_method
+    from recon_core.evaluation import classical_methods, compare
+    from recon_core.networks.evaluation import network_method
 
     _, scan = heldout
     model, _ = load_model("", "cpu")

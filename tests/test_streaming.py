@@ -59,8 +59,10 @@ def test_streaming_at_scanner_pace_equals_offline(small_file, tiny_model):
 
 
 def test_tiny_deadline_still_gives_every_frame(small_file, tiny_model):
-    # no frame held for the first coil maps (those are exempt from deadlines)
-    s = replay(small_file, _cfg(tiny_model, deadline_ms=0.001, wait_for_maps=False, coil_maps="lowres"))
+    # no frame held for the first coil maps (those are exempt from deadlines); paced (an
+    # unpaced replay has no deadline: no scanner to keep up with)
+    s = replay(small_file, _cfg(tiny_model, deadline_ms=0.001, wait_for_maps=False, coil_maps="lowres"),
+               realtime=True, speed=8.0)
     images = s["images_list"]
     assert len(images) == 16
     assert [i.getHead().image_index for i in images] == list(range(1, 17))
@@ -104,6 +106,52 @@ def test_overload_reduce_cuts_cg_iterations(small_file):
     assert any(i.meta["rtcine_iterations"] == "2" for i in s["images_list"])
 
 
+def test_overload_reduce_catches_up_with_gridding_images(small_file, monkeypatch):
+    """Far behind (1000x the scanner's pace, queue_size 1, no time floor: stale from 4 frames behind), the
+    chain gives the stale frames their gridding image (no solve) instead of staying behind:
+    still one image per frame, in order, the stale ones saying so in their meta."""
+    monkeypatch.setattr("gadgets.recon.CATCH_UP_S", 0.0)
+    cfg = ReconConfig.from_preset("cgsense", coil_maps="lowres", overload="reduce", queue_size=1)
+    s = replay(small_file, cfg, realtime=True, speed=1000.0)
+    images = s["images_list"]
+    assert [i.getHead().image_index for i in images] == list(range(1, 17))
+    stale = [i for i in images if i.meta["rtcine_recon"] == "gridding"]
+    assert stale and all(i.meta["rtcine_overload"] == "catch-up" for i in stale)
+    assert s["reduced_frames"] >= len(stale)
+
+
+def test_stream_clock_sees_the_backlog_of_a_late_start():
+    """Spokes stamped 3 ms apart that waited in a socket while the process started (read in a
+    burst 2 s after ``start``, each already waiting) arrived at ``start`` + their stamps'
+    offsets; the same spokes from a slow sender (each read at the live edge) arrived when
+    read; never later than read; a stamp that goes back re-anchors."""
+    from types import SimpleNamespace
+
+    from gadgets.feeder import ARRIVAL, stream_clock
+
+    def spokes(n=100):
+        return [SimpleNamespace(acquisition_time_stamp=1000 + 6 * k) for k in range(n)]   # 0.5 ms ticks
+
+    now = [12.0]
+    late = list(stream_clock(spokes(), 5e-4, start=10.0, waiting=lambda: True, clock=lambda: now[0]))
+    assert [getattr(a, ARRIVAL) for a in late] == pytest.approx([10.0 + 3e-3 * k for k in range(100)])
+
+    def slow():                        # 10 ms apart, nothing ever waiting: the sender is slow, not us
+        for k, item in enumerate(spokes()):
+            now[0] = 20.0 + 0.01 * k
+            yield item
+    arrivals = [getattr(a, ARRIVAL) for a in stream_clock(slow(), 5e-4, waiting=lambda: False, clock=lambda: now[0])]
+    assert arrivals == pytest.approx([20.0 + 0.01 * k for k in range(100)])
+
+    def burst_then_back():             # a backlog, then a stamp from before (a new clock)
+        for k, item in enumerate(spokes(3) + [SimpleNamespace(acquisition_time_stamp=10)]):
+            now[0] = 30.0 + 1e-4 * k
+            yield item
+    out = [getattr(a, ARRIVAL) for a in stream_clock(burst_then_back(), 5e-4, start=29.0, waiting=lambda: True,
+                                                     clock=lambda: now[0])]
+    assert out[:3] == pytest.approx([29.0, 29.003, 29.006]) and out[3] == pytest.approx(30.0003)
+
+
 @pytest.mark.parametrize("kind", ["altun", "dune", "flat"])
 def test_unrolled_networks_stream_one_image_per_frame(small_file, tmp_path, kind):
     """``--recon altun|dune|flat`` streams like imunne (each window from its CG-SENSE start)."""
@@ -137,14 +185,16 @@ def test_prepared_on_a_thread_equals_all_on_one_thread(small_file, tiny_model, r
 
 
 def test_overload_reduce_updates_only_the_newest_frame(small_file, tiny_model):
-    """A network under overload=reduce: every frame still gives one image, in order; the
-    reduced ones say in their meta that one frame got one update."""
+    """A network under overload=reduce: every frame still gives one image (frames far behind
+    their gridding image, see the catch-up test); the reduced ones say in their meta that one
+    frame got one update."""
     cfg = _cfg(tiny_model, overload="reduce", queue_size=2, wait_for_maps=False)
     s = replay(small_file, cfg, realtime=True, speed=1000.0)
     images = s["images_list"]
-    assert [i.getHead().image_index for i in images] == list(range(1, 17))
+    assert sorted(i.getHead().image_index for i in images) == list(range(1, 17))
     assert s["reduced_frames"] > 0
-    reduced = [i for i in images if i.meta["rtcine_window"] == "1"]
+    network = [i for i in images if i.meta["rtcine_recon"] == "imunne"]
+    reduced = [i for i in network if i.meta["rtcine_window"] == "1"]
     assert reduced and all(i.meta["rtcine_iterations"] == "1" for i in reduced)
 
 

@@ -9,7 +9,12 @@ Complex images enter as two real channels (real, imaginary). To keep the per-fra
 cost small on a CPU, the input can first be rearranged losslessly from ``(2, T, Y, X)``
 to ``(2 r^2, T, Y/r, X/r)`` (space-to-depth, ``r = unshuffle``) and back at the end.
 
-Shapes: ``forward(x)`` takes and returns complex ``(B, T, Y, X)``; Y and X must be
+With ``noise_input``, one more input channel carries the data's noise level (a constant
+map of :func:`noise_feature`, appended after space-to-depth), so that one network can
+denoise weakly at high SNR and strongly at low SNR; its first-layer weights start at zero,
+so a network initialised from one without the channel computes the same function.
+
+Shapes: ``forward(x, noise)`` takes and returns complex ``(B, T, Y, X)``; Y and X must be
 divisible by ``unshuffle * 2**(levels - 1)``.
 """
 from __future__ import annotations
@@ -105,15 +110,27 @@ class Stage(nn.Module):
         return F.leaky_relu(_conv3d_as_2d(self.temporal, h), self.slope)
 
 
+def noise_feature(noise: float) -> float:
+    """The noise channel's value for a k-space noise standard deviation ``noise`` in the
+    Problem's normalised units (:attr:`~recon_core.networks.problem.Problem.noise`):
+    ``log(noise) - NOISE_FEATURE_OFFSET``, about -1..+2 from SNR 60 to SNR 3 here."""
+    return float(torch.log(torch.tensor(max(noise, 1e-12)))) - NOISE_FEATURE_OFFSET
+
+
+#: centres :func:`noise_feature`: ``log`` of the normalised noise level of a scan at SNR ~30
+NOISE_FEATURE_OFFSET = -3.0
+
+
 class CUNet(nn.Module):
-    def __init__(self, channels: int = 24, levels: int = 2, unshuffle: int = 2):
+    def __init__(self, channels: int = 24, levels: int = 2, unshuffle: int = 2, noise_input: bool = False):
         super().__init__()
         self.unshuffle = unshuffle
         self.levels = levels
+        self.noise_input = noise_input
         cin = 2 * unshuffle * unshuffle
         widths = [channels * 2 ** i for i in range(levels)]
         self.enc = nn.ModuleList()
-        c = cin
+        c = cin + int(noise_input)
         for w in widths:
             self.enc.append(Stage(c, w))
             c = w
@@ -124,14 +141,24 @@ class CUNet(nn.Module):
         # start as U = 0: the untrained update is a plain gradient step (CG-like, convergent)
         nn.init.zeros_(self.final.weight)
         nn.init.zeros_(self.final.bias)
+        if noise_input:
+            with torch.no_grad():
+                self.enc[0].spatial.weight[:, cin:] = 0
 
     @property
     def multiple(self) -> int:
         return self.unshuffle * 2 ** (self.levels - 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """complex (B, T, Y, X) -> complex (B, T, Y, X)."""
-        return self.unet(self.input_channels(x))
+    def forward(self, x: torch.Tensor, noise: float | None = None) -> torch.Tensor:
+        """complex (B, T, Y, X) -> complex (B, T, Y, X); ``noise``: the data's normalised
+        k-space noise level (used only by a ``noise_input`` network, which requires it)."""
+        h = self.input_channels(x)
+        if self.noise_input:
+            if noise is None:
+                raise ValueError("this network takes the data's noise level (noise_input): pass noise=")
+            b, frames, _, y, x_ = h.shape
+            h = torch.cat([h, h.new_full((b, frames, 1, y, x_), noise_feature(noise))], dim=2)
+        return self.unet(h)
 
     def input_channels(self, x: torch.Tensor) -> torch.Tensor:
         """complex (B, T, Y, X) -> real (B, T, 2 r^2, Y/r, X/r): two real channels

@@ -34,7 +34,7 @@ Our choices (documented, to be revised by measurement):
   channel count of ``z`` on dim 1, for the default ``Reg_k``; ``z`` must be
   ``(B, C, T, Y', X')``) or a ``regularizers`` list. :func:`encoder_from_stem` wraps a
   ConvNeXt-style stem (torchvision ``convnext_*().features[0]``, timm ``.stem``),
-  loading its weights from a local file only. A checkpoint (:mod:`..training.checkpoint`)
+  loading its weights from a local file only. A checkpoint (:mod:`.checkpoint`)
   rebuilds only the default architecture from its YAML; a custom backbone has to be
   constructed the same way before ``load_state_dict``.
 

@@ -11,6 +11,13 @@ at N = 128), so an unscaled gradient step of size 0.5 diverges. The estimate is 
 Toeplitz kernels ``K`` on the 2x grid (free: the kernels exist); measured against power
 iteration on simulated 9-21-spoke frames it is within 4-10% below the true value, so
 steps ``eta < 1.8`` stay stable.
+
+``noise`` is the standard deviation of the k-space noise in the Problem's units. After
+prewhitening (ours or Gadgetron's NoiseAdjustGadget) it is known exactly: the whitened noise
+has ``E|n|^2 = 2 * relativeReceiverNoiseBandwidth`` per complex sample whatever the dwell
+times, so ``noise = WHITENED_NOISE_STD / scale``; the intensity scale alone then tells a
+network the scan's SNR. (Data that were never prewhitened have an unknown noise level;
+the same formula is used.)
 """
 from __future__ import annotations
 
@@ -18,9 +25,14 @@ from dataclasses import dataclass
 
 import torch
 
+from ..coils import DEFAULT_RECEIVER_NOISE_BANDWIDTH
 from ..operators import RadialSense, lipschitz_estimate
 from ..reconstructors import flatten_kspace, make_operator
 from ..solvers import conjugate_gradient
+
+
+#: standard deviation of prewhitened k-space noise per complex sample (see the module docstring)
+WHITENED_NOISE_STD = (2.0 * DEFAULT_RECEIVER_NOISE_BANDWIDTH) ** 0.5
 
 
 @dataclass
@@ -33,10 +45,13 @@ class Problem:
     x0: torch.Tensor
     scale: float
     lipschitz: float = 0.0
+    noise: float = 0.0
 
     def __post_init__(self):
         if not self.lipschitz:
             self.lipschitz = lipschitz_estimate(self.op.kernel)
+        if not self.noise:
+            self.noise = WHITENED_NOISE_STD / float(self.scale)
 
     def gradient(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised data-consistency gradient ``A^H (A x - y_w) / L`` (Toeplitz, pure torch)."""

@@ -58,7 +58,7 @@ DEFAULT_MODEL = model_path("imunne")
 
 
 def load_model(path: str, device):
-    from ..training.checkpoint import load_checkpoint
+    from .checkpoint import load_checkpoint
 
     model, meta, _ = load_checkpoint(path or DEFAULT_MODEL, device=str(device))
     return model, meta
@@ -95,6 +95,15 @@ class StreamingNetworkRecon:
         self.emitted = 0
         self.reduced = False            # set by the chain's overload guard: one update of the newest frame
         self.held = False               # set by the chain for frames held for the first coil maps
+
+    def fresh(self) -> "StreamingNetworkRecon":
+        """A reconstructor of the same network and configuration with no stream state (no
+        window, warm start, intensity scale or maps): another slice's cine. The model is
+        shared, not loaded or warmed up again."""
+        other = StreamingNetworkRecon(self.model, self.cfg, self.device, cg_start_iterations=self.cg_start,
+                                      clock=self.clock, shape=self.shape)
+        other.name = self.name
+        return other
 
     def warm_up(self, coils: int, spokes: int, samples: int) -> None:
         """Solve throwaway windows (full and one-frame) on random data of the stream's shape,
@@ -142,10 +151,18 @@ class StreamingNetworkRecon:
                      x0 if start is None else start, prep.lipschitz)
 
     def _problem(self, maps, slots: list[_Slot]) -> Problem:
-        op = RadialSense(torch.stack([s.coords for s in slots]), maps, torch.stack([s.weights for s in slots]),
-                         kernel=torch.stack([s.kernel for s in slots]))
+        coords, weights, y_w = [s.coords for s in slots], [s.weights for s in slots], [s.y_w for s in slots]
+        m = max(c.shape[0] for c in coords)
+        if any(c.shape[0] != m for c in coords):
+            # frames of different spoke counts (cut by the stream's markers): padded with samples of
+            # weight 0, which add nothing to A x, A^H y or the Toeplitz kernel (each frame keeps its own)
+            pad = torch.nn.functional.pad
+            coords = [pad(c, (0, 0, 0, m - c.shape[0])) for c in coords]
+            weights = [pad(w, (0, m - w.shape[0])) for w in weights]
+            y_w = [pad(y, (0, m - y.shape[-1])) for y in y_w]
+        op = RadialSense(torch.stack(coords), maps, torch.stack(weights), kernel=torch.stack([s.kernel for s in slots]))
         x0 = torch.stack([s.x for s in slots]) if self.cfg.warm_start else torch.stack([s.x0 for s in slots])
-        return Problem(op, torch.stack([s.y_w for s in slots]), torch.stack([s.rhs for s in slots]), x0, self.scale,
+        return Problem(op, torch.stack(y_w), torch.stack([s.rhs for s in slots]), x0, self.scale,
                        lipschitz=max(s.lipschitz for s in slots))      # no host read per window
 
     # -- solving ---------------------------------------------------------------------
@@ -255,4 +272,11 @@ def _factory(cfg, device, protocol):
     return recon
 
 
+def _cs_factory(cfg, device, protocol):
+    """``recon: cs``: streaming temporal TV in this module's machinery (recon_core/streaming_cs.py)."""
+    from ..streaming_cs import make_streaming_cs
+    return make_streaming_cs(cfg, device, protocol)
+
+
 RECONSTRUCTORS = {kind: _factory for kind in NETWORK_RECONS}
+RECONSTRUCTORS["cs"] = _cs_factory

@@ -8,10 +8,10 @@ then the learned residual denoiser ``D(z) = z - U_theta(z)``:
 
 with ``U_theta`` a :class:`~recon_core.networks.cunet.CUNet` over the window's frames,
 ``eta = softplus(eta_raw) > 0`` learned and ``L`` the Lipschitz estimate of ``A^H A``
-(:mod:`recon_core.networks.problem`). We first trained the form of METHODS.md,
-``x - eta A^H(Ax - y) - U(x)`` (regularizer on ``x``, not on ``z``); on our simulated
-data it learned much more slowly (validation PSNR 23.8 dB after 250 JFB steps, no
-better than CG-SENSE), so we use the proximal form, which makes ``U`` a denoiser of the
+(:mod:`recon_core.networks.problem`). The form of METHODS.md,
+``x - eta A^H(Ax - y) - U(x)`` (regularizer on ``x``, not on ``z``), learned much more
+slowly on the simulated data (validation PSNR 23.8 dB after 250 JFB steps, no better than
+CG-SENSE), so the proximal form is used, which makes ``U`` a denoiser of the
 gradient-updated image (the form of deep-equilibrium MRI, Gilton et al. 2021). At a
 fixed point ``x* = D(x* - (eta/L) grad f(x*))``.
 
@@ -41,29 +41,31 @@ MODELS = ("imunne", "altun", "cunet")
 
 
 class UpdateOperator(nn.Module):
-    def __init__(self, channels: int = 16, levels: int = 2, unshuffle: int = 2, eta: float = 0.5):
+    def __init__(self, channels: int = 16, levels: int = 2, unshuffle: int = 2, eta: float = 0.5,
+                 noise_input: bool = False):
         super().__init__()
-        self.net = CUNet(channels, levels, unshuffle)
+        self.net = CUNet(channels, levels, unshuffle, noise_input)
         self.eta_raw = nn.Parameter(torch.tensor(float(torch.log(torch.expm1(torch.tensor(eta))))))
 
     @property
     def eta(self) -> torch.Tensor:
         return F.softplus(self.eta_raw)
 
-    def regularizer(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x[None])[0]
+    def regularizer(self, x: torch.Tensor, noise: float | None = None) -> torch.Tensor:
+        return self.net(x[None], noise)[0]
 
     def forward(self, x: torch.Tensor, problem: Problem) -> torch.Tensor:
         z = x - self.eta * problem.gradient(x)
-        return z - self.regularizer(z)
+        return z - self.regularizer(z, problem.noise)
 
 
 class IMUNNE(nn.Module):
     kind = "imunne"
 
-    def __init__(self, channels=16, levels=2, unshuffle=2, eta=0.5, max_iter=20, tol=1e-3, anderson=0):
+    def __init__(self, channels=16, levels=2, unshuffle=2, eta=0.5, max_iter=20, tol=1e-3, anderson=0,
+                 noise_input=False):
         super().__init__()
-        self.block = UpdateOperator(channels, levels, unshuffle, eta)
+        self.block = UpdateOperator(channels, levels, unshuffle, eta, noise_input)
         self.max_iter, self.tol, self.anderson = max_iter, tol, anderson
 
     def forward(self, problem: Problem, x_init=None, max_iter=None, tol=None, deadline=None):
@@ -79,9 +81,9 @@ class IMUNNE(nn.Module):
 class AltUN(nn.Module):
     kind = "altun"
 
-    def __init__(self, channels=16, levels=2, unshuffle=2, eta=0.5, blocks=4):
+    def __init__(self, channels=16, levels=2, unshuffle=2, eta=0.5, blocks=4, noise_input=False):
         super().__init__()
-        self.block = UpdateOperator(channels, levels, unshuffle, eta)
+        self.block = UpdateOperator(channels, levels, unshuffle, eta, noise_input)
         self.blocks = blocks
 
     def forward(self, problem: Problem, x_init=None, **_):
@@ -94,13 +96,13 @@ class AltUN(nn.Module):
 class CUNetRecon(nn.Module):
     kind = "cunet"
 
-    def __init__(self, channels=16, levels=2, unshuffle=2, eta=0.5):
+    def __init__(self, channels=16, levels=2, unshuffle=2, eta=0.5, noise_input=False):
         super().__init__()
-        self.block = UpdateOperator(channels, levels, unshuffle, eta)   # eta unused: same parameter set
+        self.block = UpdateOperator(channels, levels, unshuffle, eta, noise_input)   # eta unused
 
     def forward(self, problem: Problem, x_init=None, **_):
         x = problem.x0 if x_init is None else x_init
-        return x - self.block.regularizer(x), {"iterations": 1}
+        return x - self.block.regularizer(x, problem.noise), {"iterations": 1}
 
 
 def build_model(kind: str, **arch) -> nn.Module:

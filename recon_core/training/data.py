@@ -7,10 +7,12 @@ phase convention: ``target = (S_esp^H W S_true) * rho``, i.e. what a perfect SEN
 reconstruction with these maps returns (ESPIRiT maps carry an arbitrary smooth phase,
 and prewhitening changes intensity weighting; a magnitude reference alone cannot say so).
 
-Splits (the held-out split uses seeds and a trajectory never seen in training):
+Splits (the held-out split uses seeds never seen in training):
 
-- ``train``: seeds 1000+, golden or linear ordering, 9-21 spokes per frame,
-  6-12 coils, SNR 8-60;
+- ``train``: seeds 1000+, golden, tiny-golden or linear ordering, 9-21 spokes per frame,
+  4-16 coils in a ring or in anterior/posterior panels, SNR 3-60 (log-uniform), coil
+  noise correlation 0-0.5, motion within a frame (each spoke rendered at its own time) in
+  70% of the scans, texture amplitude 0.5-2.5x and a fine texture of 0-8%;
 - ``val``: seeds 5000+, same distribution;
 - ``test``: seeds 9000+, the standard protocol (13 golden-angle spokes, 8 coils,
   128x128, SNR 30), plus ``test-ood``: tiny-golden ordering, 12 coils, SNR 12.
@@ -26,6 +28,11 @@ from ..coils import NoiseCovariance, estimate_maps, prewhitening_matrix
 from ..simulate import DWELL_US, SimulationConfig, simulate
 
 
+#: file-name tag of a split's current distribution, so that scans of an earlier one in the
+#: same folder are never mixed in (v2: the widened training distribution above)
+SPLIT_VERSIONS = {"train": "-v2", "val": "-v2"}
+
+
 def split_configs(split: str, count: int, frames: int = 16, matrix: int = 128) -> list[SimulationConfig]:
     """The simulation settings of ``count`` scans of a split."""
     base = {"train": 1000, "val": 5000, "test": 9000, "test-ood": 9500}[split]
@@ -33,13 +40,17 @@ def split_configs(split: str, count: int, frames: int = 16, matrix: int = 128) -
     for i in range(count):
         rng = np.random.default_rng(base + i)
         if split in ("train", "val"):
+            spokes = int(rng.choice([9, 11, 13, 15, 17, 21]))
             cfg = SimulationConfig(
                 frames=frames, matrix=matrix, seed=base + i,
-                coils=int(rng.choice([6, 8, 10, 12])),
-                spokes_per_frame=int(rng.choice([9, 11, 13, 15, 17, 21])),
-                snr=float(np.exp(rng.uniform(np.log(8), np.log(60)))),
-                trajectory=str(rng.choice(["golden", "golden", "golden", "linear"])),
-                coil_correlation=float(rng.uniform(0.0, 0.5)))
+                coils=int(rng.choice([4, 6, 8, 10, 12, 16])),
+                spokes_per_frame=spokes,
+                snr=float(np.exp(rng.uniform(np.log(3), np.log(60)))),
+                trajectory=str(rng.choice(["golden", "golden", "tiny-golden", "linear"])),
+                coil_correlation=float(rng.uniform(0.0, 0.5)),
+                motion_samples=spokes if rng.uniform() < 0.7 else 1,
+                coil_layout=str(rng.choice(["ring", "ring", "panels"])),
+                texture=float(rng.uniform(0.5, 2.5)), fine_texture=float(rng.uniform(0.0, 0.08)))
         elif split == "test":
             cfg = SimulationConfig(frames=frames, matrix=matrix, seed=base + i, coils=8, spokes_per_frame=13,
                                    snr=30.0, trajectory="golden")
@@ -77,7 +88,7 @@ def build_split(directory: str, split: str, count: int, frames: int = 16, matrix
     os.makedirs(directory, exist_ok=True)
     paths = []
     for i, cfg in enumerate(split_configs(split, count, frames, matrix)):
-        path = os.path.join(directory, f"{split}_{cfg.seed}.npz")
+        path = os.path.join(directory, f"{split}{SPLIT_VERSIONS.get(split, '')}_{cfg.seed}.npz")
         if not os.path.exists(path):
             tmp = path + ".tmp.npz"
             np.savez(tmp, **prepare(cfg))

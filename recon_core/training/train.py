@@ -40,6 +40,7 @@ class TrainConfig:
     levels: int = 2
     unshuffle: int = 2
     eta: float = 1.0
+    noise_input: bool = False    # imunne/altun/cunet: the regularizer also sees the data's noise level
     max_iter: int = 8            # IMUNNE fixed point during training
     tol: float = 1e-2
     anderson: int = 0            # IMUNNE: Anderson memory of the fixed-point solver (0: plain iteration)
@@ -88,6 +89,8 @@ class TrainConfig:
 
     def arch(self) -> dict:
         a = {"channels": self.channels, "levels": self.levels, "unshuffle": self.unshuffle, "eta": self.eta}
+        if self.noise_input and self.model in ("imunne", "altun", "cunet"):
+            a["noise_input"] = True
         if self.model == "imunne":
             schedule = self.streaming_schedule()      # a real-time model runs its trained updates by default
             a.update(max_iter=schedule["updates"] if schedule else self.max_iter, tol=self.tol,
@@ -99,6 +102,20 @@ class TrainConfig:
         if self.model == "flat":
             a.update(steps=self.blocks, schedule=self.schedule)
         return a
+
+
+def _fit_input_channels(source: torch.Tensor, own: torch.Tensor):
+    """``source`` as a tensor of ``own``'s shape, or None: equal shapes as they are; a
+    convolution with fewer input channels (dim 1) than ``own`` zero-padded there, e.g. a
+    network without the noise channel initialising one with it (same function at start)."""
+    if source.shape == own.shape:
+        return source
+    if source.dim() == own.dim() >= 2 and source.shape[0] == own.shape[0] and source.shape[2:] == own.shape[2:] \
+            and source.shape[1] < own.shape[1]:
+        out = torch.zeros_like(own)
+        out[:, :source.shape[1]] = source
+        return out
+    return None
 
 
 def _tensors(scan, device, frames=None):
@@ -207,6 +224,9 @@ def train(cfg: TrainConfig, train_paths, val_paths, out_dir: str, resume: bool =
     val_caches = None
     if cfg.window_weight <= 0 and cfg.stream_weight <= 0:
         raise ValueError("window_weight and stream_weight are both 0: no loss to train on")
+    if cfg.noise_input and cfg.noise_augment:
+        raise ValueError("noise_input with noise_augment: the added noise would change the data's noise "
+                         "level behind the network's back; widen the data's SNR range instead")
     if cfg.stream_weight > 0:
         if caches is None:
             raise ValueError("stream_weight > 0 needs the per-frame cache: supervised training without "
@@ -224,7 +244,8 @@ def train(cfg: TrainConfig, train_paths, val_paths, out_dir: str, resume: bool =
     if cfg.init:
         from safetensors.torch import load_file
         own = model.state_dict()
-        init = {k: v for k, v in load_file(cfg.init).items() if k in own and own[k].shape == v.shape}
+        init = {k: _fit_input_channels(v, own[k]) for k, v in load_file(cfg.init).items()
+                if k in own and _fit_input_channels(v, own[k]) is not None}
         missing = model.load_state_dict(init, strict=False)
         log.info("regularizer initialised from %s (%d tensors; not from it: %s)", cfg.init, len(init),
                  missing.missing_keys)

@@ -1,0 +1,118 @@
+"""PSNR of an implicit network (IMUNNE) against its iteration count: does it converge, and
+does it stay where it converged (no divergence, no slow drift into the noise)?
+
+    python benchmarks/fixed_point_curve.py --model imunne=recon_core/models/imunne_small.safetensors \
+        [--model new=runs/imunne_v2/model.safetensors] [--data runs/data --split test --scans 4] \
+        [--iterations 100] [--png curve.png] [--json out.json]
+
+Each scan is one window of its first ``--frames`` frames, started from the CG-SENSE start
+(3 iterations) as at inference, iterated plainly ``x_{k+1} = R(x_k)``; the PSNR (magnitude,
+least-squares scaled, mean over frames, then over scans) and the relative change
+``||x_{k+1} - x_k|| / ||x_k||`` are recorded after every iteration. The CG-SENSE row (8
+iterations) is the reference a network must beat.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from recon_core.metrics import psnr  # noqa: E402
+from recon_core.networks.checkpoint import load_checkpoint  # noqa: E402
+from recon_core.networks.problem import make_problem  # noqa: E402
+from recon_core.solvers import conjugate_gradient  # noqa: E402
+from recon_core.training.data import load_scan  # noqa: E402
+
+
+def curve(model, scans, iterations: int, frames: int) -> dict:
+    """``{"psnr": (iterations + 1,), "change": (iterations,)}`` means over ``scans``; index 0
+    of ``psnr`` is the start."""
+    psnrs, changes = [], []
+    with torch.no_grad():
+        for scan in scans:
+            k, c, m = (torch.from_numpy(scan[key][:frames]) if key != "maps" else torch.from_numpy(scan[key])
+                       for key in ("kspace", "coords", "maps"))
+            ref = scan["reference"][:frames]
+            problem = make_problem(k, c, m, cg_iterations=3)
+            x = problem.x0
+            row, ch = [], []
+            for it in range(iterations + 1):
+                img = (x * problem.scale).numpy()
+                row.append(np.mean([psnr(a, b) for a, b in zip(img, ref)]))
+                if it == iterations:
+                    break
+                nxt = model.block(x, problem)
+                ch.append(float((nxt - x).abs().norm() / x.abs().norm().clamp_min(1e-12)))
+                x = nxt
+            psnrs.append(row)
+            changes.append(ch)
+    return {"psnr": np.mean(psnrs, 0).tolist(), "change": np.mean(changes, 0).tolist()}
+
+
+def cgsense(scans, frames: int, iterations: int = 8) -> float:
+    vals = []
+    for scan in scans:
+        k, c, m = (torch.from_numpy(scan[key][:frames]) if key != "maps" else torch.from_numpy(scan[key])
+                   for key in ("kspace", "coords", "maps"))
+        problem = make_problem(k, c, m, cg_iterations=0, start="gridding")
+        x = conjugate_gradient(problem.op.normal, problem.rhs, iterations=iterations) * problem.scale
+        vals.append(np.mean([psnr(a, b) for a, b in zip(x.numpy(), scan["reference"][:frames])]))
+    return float(np.mean(vals))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", action="append", required=True, metavar="NAME=PATH")
+    ap.add_argument("--data", default="runs/data")
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--scans", type=int, default=4)
+    ap.add_argument("--frames", type=int, default=8)
+    ap.add_argument("--iterations", type=int, default=100)
+    ap.add_argument("--png")
+    ap.add_argument("--json")
+    args = ap.parse_args(argv)
+    files = sorted(glob.glob(os.path.join(args.data, f"{args.split}_*.npz")))[:args.scans]
+    if not files:
+        raise SystemExit(f"no {args.split}_*.npz scans in {args.data}")
+    scans = [load_scan(f) for f in files]
+    result = {"split": args.split, "scans": len(scans), "frames": args.frames,
+              "cgsense_psnr": cgsense(scans, args.frames), "models": {}}
+    print(f"{args.split}: {len(scans)} scans x {args.frames} frames; CG-SENSE (8 it.) {result['cgsense_psnr']:.2f} dB")
+    for item in args.model:
+        name, path = item.split("=", 1)
+        model, _, _ = load_checkpoint(path)
+        c = curve(model, scans, args.iterations, args.frames)
+        result["models"][name] = c
+        p = c["psnr"]
+        marks = [i for i in (1, 2, 5, 10, 20, 50, 100, 200) if i < len(p)]
+        print(f"{name:>14}: " + "  ".join(f"it {i}: {p[i]:.2f}" for i in marks) +
+              f"  | best {max(p):.2f} at it {int(np.argmax(p))}, last change {c['change'][-1]:.1e}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+    if args.png:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        for name, c in result["models"].items():
+            ax.plot(range(len(c["psnr"])), c["psnr"], label=name)
+        ax.axhline(result["cgsense_psnr"], color="k", ls="--", lw=1, label="CG-SENSE (8 it.)")
+        ax.set_xlabel("fixed-point iteration")
+        ax.set_ylabel("PSNR (dB)")
+        ax.set_title(f"{args.split}: {len(scans)} scans, {args.frames} frames")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(args.png, dpi=110)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
