@@ -88,8 +88,11 @@ class WindowTV:
                 x = x_new
         return x, {"iterations": done, "converged": converged}
 
-    def eval(self):
+    def train(self, mode: bool = False):
+        """No learned state: the streaming machinery's ``model.eval()`` (= ``train(False)``) is a no-op."""
         return self
+
+    eval = train
 
 
 def make_streaming_cs(cfg, device, protocol):

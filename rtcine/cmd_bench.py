@@ -41,7 +41,7 @@ Method presets (override any key with ``--set key=value``, applied to all):
                                       windows (1 look-ahead), warm start, 100 ms deadline,
                                       overload=reduce; cs_iterations (3, about the cost of the
                                       network's 2 updates) primal-dual iterations per window at
-                                      cs_lambda (0.02)
+                                      cs_lambda (0.005)
 """
 from __future__ import annotations
 
