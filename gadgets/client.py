@@ -42,7 +42,7 @@ from recon_core.mrd import (TICK_SECONDS, HeaderError, RadialProtocol, non_imagi
 from .feeder import ARRIVAL, paced
 from .frames import DEFAULT_SPOKES_PER_FRAME, Frame, FramePlan, frame_buffer, frame_plan
 from .replay import OUTPUT_GROUP, open_output
-from .stats import ChainStats
+from .stats import ChainStats, output_rate
 
 log = logging.getLogger("rtcine.client")
 
@@ -222,6 +222,7 @@ def replay_to_server(path: str, server: str, chain: str | None = None, out: str 
             received.setdefault((head.slice, head.image_index - 1), now)
 
     counts = {"noise": 0, "spokes": 0, "waveforms": 0}
+    lags: list[float] = []              # paced: how late this emulator had each spoke ready (s)
     errors: list[str] = []
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
@@ -264,10 +265,13 @@ def replay_to_server(path: str, server: str, chain: str | None = None, out: str 
                 shape = item.data.shape
                 if 0 in shape or shape != shapes.setdefault("spoke", shape):
                     continue                 # the chain drops it (gadgets/validate.py): no frame counts it
-                # a frame's clock starts when its last spoke is out or, paced, when it was ready to be
-                # written: a scanner does not wait for a server that is not reading (start-up, backlog),
-                # so a blocked write counts (a late wake-up of this emulator does not)
-                setattr(item, ARRIVAL, ready if realtime else time.perf_counter())
+                # a frame's clock starts when its last spoke is out or, paced, when the scanner had it
+                # (its due time, stamped by paced()): a scanner does not wait for a server that is
+                # not reading (start-up, backlog), so a blocked write and the backlog behind it count
+                due = getattr(item, ARRIVAL, None) or ready
+                if realtime:
+                    lags.append(ready - due)
+                setattr(item, ARRIVAL, min(due, ready) if realtime else time.perf_counter())
                 yield item
 
         for framed in frame_buffer(sent(items), protocol, ordering, plan, stats=framing,
@@ -348,7 +352,11 @@ def replay_to_server(path: str, server: str, chain: str | None = None, out: str 
         full = _int(props.get("cg_iterations"), 0) or ReconConfig().cg_iterations
         summary["reduced_frames"] = sum(1 for n in iterations if n < full)
     summary.update({
-        "recon": recon, "wall_s": wall, "output_fps": len(images) / wall if wall > 0 else 0.0,
+        "recon": recon, "wall_s": wall, "output_fps": output_rate(received.values()),
+        # paced: how far behind its own pace this emulator was when each spoke was ready to send
+        # (a starved sender; a server that stops reading shows in the blocked write after it)
+        "sender_lag_ms": ({"p50": float(np.percentile(lags, 50)) * 1e3, "max": float(np.max(lags)) * 1e3}
+                          if lags else None),
         "acquisition_fps": 1000.0 / (tr_ms * stride) if tr_ms else float("nan"),
         "realtime": realtime, "output": out,
         # replay()'s bounded input queue sits in the server's chain here, out of sight

@@ -13,7 +13,7 @@ from recon_core.mrd import TICK_SECONDS, open_dataset, protocol_from_header, rea
 from .chain import run_chain
 from .feeder import ThreadedSource, paced
 from .frames import frame_plan
-from .stats import ChainStats
+from .stats import ChainStats, output_rate
 
 log = logging.getLogger("rtcine.replay")
 OUTPUT_GROUP = "images"
@@ -78,7 +78,7 @@ def replay(path: str, cfg, out: str | None = None, realtime: bool = False, speed
         raise
     if writer is not None:
         writer.write_xml_header(dset.read_xml_header())
-    images = []
+    images, image_times = [], []
     t0 = time.perf_counter()
     try:
         for item in run_chain(source, header, cfg, stats):
@@ -88,6 +88,7 @@ def replay(path: str, cfg, out: str | None = None, realtime: bool = False, speed
                 if sink is not None:
                     sink(item)
                 images.append(item)
+                image_times.append(time.perf_counter())
     finally:
         wall = time.perf_counter() - t0
         if reader is not None:
@@ -97,7 +98,7 @@ def replay(path: str, cfg, out: str | None = None, realtime: bool = False, speed
             writer.close()
     summary = stats.summary()
     stride = frame_plan(cfg.spokes_per_frame, cfg.frame_stride, protocol).stride
-    summary.update(recon=cfg.recon, wall_s=wall, output_fps=len(images) / wall if wall > 0 else 0.0,
+    summary.update(recon=cfg.recon, wall_s=wall, output_fps=output_rate(image_times),
                    acquisition_fps=1000.0 / (protocol.tr_ms * stride) if protocol.tr_ms else float("nan"),
                    realtime=realtime, output=out,
                    input_queue_bound=reader.bound if reader else 0,
@@ -114,7 +115,7 @@ def format_summary(s: dict) -> str:
         + (f" ({s['partial_frames']} partial)" if s["partial_frames"] else "")
         + (f", {s['dropped_spokes']} trailing spokes not reconstructed" if s["dropped_spokes"] else ""),
         f"latency (last spoke -> image) p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms, max {lat['max']:.1f} ms",
-        f"output {s['output_fps']:.1f} frames/s vs acquisition {s['acquisition_fps']:.1f} frames/s "
+        f"output {s['output_fps']:.1f} frames/s (first to last image) vs acquisition {s['acquisition_fps']:.1f} frames/s "
         f"(ratio {ratio:.2f}){' at scanner pace' if s['realtime'] else ', as fast as possible'}",
     ]
     if s.get("slices", 0) > 1 or s.get("frames_from"):

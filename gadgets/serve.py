@@ -26,6 +26,7 @@ import logging
 import os
 import socket
 import threading
+import time
 
 from .connection import SEND_TIMEOUT_S, open_connection
 from .entry import handle
@@ -80,6 +81,7 @@ def serve(port: int, host: str = "127.0.0.1", cfg=None, max_connections: int = 0
         _announce_ready(ready_file, host, server.getsockname()[1])
         while not max_connections or served < max_connections:
             sock, address = server.accept()
+            accepted = time.perf_counter()       # the stream's clock starts here (feeder.stream_clock)
             served += 1
             threads = [x for x in threads if x.is_alive()]
             if max_concurrent and len(threads) >= max_concurrent:
@@ -88,7 +90,7 @@ def serve(port: int, host: str = "127.0.0.1", cfg=None, max_connections: int = 0
                 sock.close()
                 continue
             log.info("connection %d from %s", served, address)
-            t = threading.Thread(target=_serve_one, args=(sock, cfg, served, idle_timeout, send_timeout),
+            t = threading.Thread(target=_serve_one, args=(sock, cfg, served, idle_timeout, send_timeout, accepted),
                                  daemon=True, name=f"rtcine-conn-{served}")
             t.start()
             threads.append(t)
@@ -122,7 +124,10 @@ def _announce_ready(ready_file: str | None, host: str, port: int) -> None:
     log.info("rtcine serve ready on %s:%d", host, port)
 
 
-def _serve_one(sock, cfg, number, idle_timeout=IDLE_TIMEOUT_S, send_timeout=SEND_TIMEOUT_S):
+def _serve_one(sock, cfg, number, idle_timeout=IDLE_TIMEOUT_S, send_timeout=SEND_TIMEOUT_S, accepted=None):
+    """Serve one connection. ``accepted``: when it was accepted (``time.perf_counter()``): the
+    stream's time stamps are anchored there, so spokes that wait in the socket while the
+    connection is set up count as a backlog the overload policy works off, not as on time."""
     try:
         try:
             connection = open_connection(sock, idle_timeout, send_timeout)
@@ -131,7 +136,7 @@ def _serve_one(sock, cfg, number, idle_timeout=IDLE_TIMEOUT_S, send_timeout=SEND
             log.error("connection %d refused: %s: %s", number, type(exc).__name__, exc)
             return
         with connection:
-            handle(connection, cfg)
+            handle(connection, cfg, stream_start=accepted)
     except Exception as exc:  # one broken connection must not stop the server
         if getattr(exc, "rtcine_logged", False):
             log.info("connection %d closed after the error above", number)

@@ -57,3 +57,15 @@ class ChainStats:
                    latency_ms=latency_stats(latencies), latency_list=[float(x) for x in latencies],
                    unaccounted_frames=self.frames - self.images - self.skipped_frames)
         return out
+
+
+def output_rate(times) -> float:
+    """Images per second while the images came out: ``(n - 1) / (t_last - t_first)`` over the
+    arrival times ``times`` (seconds, any order) of ``n`` images; 0 with fewer than two.
+
+    This is the rate to set against the acquisition's frame rate to say whether a
+    reconstruction keeps up. A connection's set-up and tear-down (handshake, the final CLOSE,
+    joining the coil-map thread) are not output; they are in ``wall_s``, and a slow start
+    shows in the first frames' latency."""
+    t = sorted(times)
+    return (len(t) - 1) / (t[-1] - t[0]) if len(t) >= 2 and t[-1] > t[0] else 0.0

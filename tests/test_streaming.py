@@ -107,10 +107,11 @@ def test_overload_reduce_cuts_cg_iterations(small_file):
 
 
 def test_overload_reduce_catches_up_with_gridding_images(small_file, monkeypatch):
-    """Far behind (1000x the scanner's pace, queue_size 1, no time floor: stale from 4 frames behind), the
+    """Far behind (1000x the scanner's pace, queue_size 1, no time floor: stale from 1 frame behind), the
     chain gives the stale frames their gridding image (no solve) instead of staying behind:
     still one image per frame, in order, the stale ones saying so in their meta."""
     monkeypatch.setattr("gadgets.recon.CATCH_UP_S", 0.0)
+    monkeypatch.setattr("gadgets.recon.CATCH_UP_QUEUES", 1)    # stale from 1 frame behind: on any CPU
     cfg = ReconConfig.from_preset("cgsense", coil_maps="lowres", overload="reduce", queue_size=1)
     s = replay(small_file, cfg, realtime=True, speed=1000.0)
     images = s["images_list"]
