@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from recon_core.metrics import psnr  # noqa: E402
 from recon_core.networks.checkpoint import load_checkpoint  # noqa: E402
 from recon_core.networks.problem import make_problem  # noqa: E402
-from recon_core.solvers import conjugate_gradient  # noqa: E402
+from recon_core.reconstructors import cg_sense  # noqa: E402
 from recon_core.training.data import load_scan  # noqa: E402
 
 
@@ -37,10 +37,8 @@ def curve(model, scans, iterations: int, frames: int) -> dict:
     psnrs, changes = [], []
     with torch.no_grad():
         for scan in scans:
-            k, c, m = (torch.from_numpy(scan[key][:frames]) if key != "maps" else torch.from_numpy(scan[key])
-                       for key in ("kspace", "coords", "maps"))
             ref = scan["reference"][:frames]
-            problem = make_problem(k, c, m, cg_iterations=3)
+            problem = make_problem(*_window(scan, frames), cg_iterations=3)
             x = problem.x0
             row, ch = [], []
             for it in range(iterations + 1):
@@ -59,12 +57,15 @@ def curve(model, scans, iterations: int, frames: int) -> dict:
 def cgsense(scans, frames: int, iterations: int = 8) -> float:
     vals = []
     for scan in scans:
-        k, c, m = (torch.from_numpy(scan[key][:frames]) if key != "maps" else torch.from_numpy(scan[key])
-                   for key in ("kspace", "coords", "maps"))
-        problem = make_problem(k, c, m, cg_iterations=0, start="gridding")
-        x = conjugate_gradient(problem.op.normal, problem.rhs, iterations=iterations) * problem.scale
-        vals.append(np.mean([psnr(a, b) for a, b in zip(x.numpy(), scan["reference"][:frames])]))
+        x = cg_sense(*_window(scan, frames), iterations=iterations).numpy()
+        vals.append(np.mean([psnr(a, b) for a, b in zip(x, scan["reference"][:frames])]))
     return float(np.mean(vals))
+
+
+def _window(scan, frames: int):
+    """``kspace, coords, maps`` tensors of the scan's first ``frames`` frames."""
+    return (torch.from_numpy(scan["kspace"][:frames]), torch.from_numpy(scan["coords"][:frames]),
+            torch.from_numpy(scan["maps"]))
 
 
 def main(argv=None) -> int:

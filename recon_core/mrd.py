@@ -228,6 +228,28 @@ def non_imaging_kind(acq: ismrmrd.Acquisition) -> str | None:
     return None
 
 
+def mark_spoke(acq: ismrmrd.Acquisition, frame: int, spoke: int, frames: int, spokes: int,
+               last_in_measurement: bool = True) -> None:
+    """Set the counters and markers a scanner puts on spoke ``spoke`` of frame ``frame`` of a
+    cine of ``frames`` frames x ``spokes`` spokes: ``idx.kspace_encode_step_1`` (the profile
+    counter, ``frame * spokes + spoke``), ``idx.repetition`` (the frame), ``ACQ_FIRST/LAST_IN_
+    REPETITION``, ``ACQ_FIRST/LAST_IN_SLICE`` and, on the very last spoke when
+    ``last_in_measurement``, ``ACQ_LAST_IN_MEASUREMENT``."""
+    n = frame * spokes + spoke
+    acq.idx.kspace_encode_step_1 = n
+    acq.idx.repetition = frame
+    if spoke == 0:
+        acq.set_flag(ismrmrd.ACQ_FIRST_IN_REPETITION)
+    if spoke == spokes - 1:
+        acq.set_flag(ismrmrd.ACQ_LAST_IN_REPETITION)
+    if n == 0:
+        acq.set_flag(ismrmrd.ACQ_FIRST_IN_SLICE)
+    if n == frames * spokes - 1:
+        acq.set_flag(ismrmrd.ACQ_LAST_IN_SLICE)
+        if last_in_measurement:
+            acq.set_flag(ismrmrd.ACQ_LAST_IN_MEASUREMENT)
+
+
 def acquisition_coordinates(acq: ismrmrd.Acquisition, protocol: RadialProtocol,
                             ordering: str | None, profile: int | None = None) -> np.ndarray:
     """k-space coordinates ``(R, 2)`` of one spoke: ``acq.traj`` when present, else from the

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import ismrmrd
 import numpy as np
 
-from .mrd import TICK_SECONDS
+from .mrd import TICK_SECONDS, mark_spoke
 
 #: seed step between slices (slice s of a stack is simulated with seed + SLICE_SEED_STEP * s)
 SLICE_SEED_STEP = 7919
@@ -128,23 +128,11 @@ def _slice_items(scan, number: int, cfg, last_slice: bool):
         yield acq, False
     for f in range(t_frames):
         for p in range(s):
-            n = f * s + p
             traj = scan.coords[f, p] if cfg.include_traj else None
             acq = ismrmrd.Acquisition.from_array(np.ascontiguousarray(scan.kspace[f, :, p]), traj)
             acq.center_sample = samples // 2
-            acq.idx.kspace_encode_step_1 = n
-            acq.idx.repetition = f
             acq.idx.slice = number
-            if p == 0:
-                acq.set_flag(ismrmrd.ACQ_FIRST_IN_REPETITION)
-            if p == s - 1:
-                acq.set_flag(ismrmrd.ACQ_LAST_IN_REPETITION)
-            if n == 0:
-                acq.set_flag(ismrmrd.ACQ_FIRST_IN_SLICE)
-            if n == t_frames * s - 1:
-                acq.set_flag(ismrmrd.ACQ_LAST_IN_SLICE)
-                if last_slice:
-                    acq.set_flag(ismrmrd.ACQ_LAST_IN_MEASUREMENT)
+            mark_spoke(acq, f, p, t_frames, s, last_in_measurement=last_slice)
             yield acq, True
 
 

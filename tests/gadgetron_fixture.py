@@ -65,26 +65,9 @@ def free_port() -> int:
 
 def is_listening(port: int) -> bool:
     """Whether some socket listens on ``port`` (read from /proc: no connection is made,
-    so the server's log stays clean)."""
-    found_table = False
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table) as f:
-                rows = f.read().splitlines()[1:]
-        except OSError:
-            continue
-        found_table = True
-        for row in rows:
-            cols = row.split()
-            if len(cols) > 3 and cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:
-                return True
-    if not found_table:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return True
-        except OSError:
-            return False
-    return False
+    so the server's log stays clean): :func:`gadgets.health.listening`."""
+    from gadgets.health import listening
+    return listening(port)
 
 
 def server_env(bin_dir: str) -> dict:

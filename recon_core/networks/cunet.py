@@ -19,6 +19,8 @@ divisible by ``unshuffle * 2**(levels - 1)``.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -114,7 +116,7 @@ def noise_feature(noise: float) -> float:
     """The noise channel's value for a k-space noise standard deviation ``noise`` in the
     Problem's normalised units (:attr:`~recon_core.networks.problem.Problem.noise`):
     ``log(noise) - NOISE_FEATURE_OFFSET``, about -1..+2 from SNR 60 to SNR 3 here."""
-    return float(torch.log(torch.tensor(max(noise, 1e-12)))) - NOISE_FEATURE_OFFSET
+    return math.log(max(float(noise), 1e-12)) - NOISE_FEATURE_OFFSET
 
 
 #: centres :func:`noise_feature`: ``log`` of the normalised noise level of a scan at SNR ~30

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import ismrmrd
 import numpy as np
 
-from ..mrd import TICK_SECONDS, RadialProtocol, header_to_xml, make_header
+from ..mrd import TICK_SECONDS, RadialProtocol, header_to_xml, make_header, mark_spoke
 from ..trajectory import radial_coordinates, spoke_angles
 from .anatomy import Canvas, Thorax
 from .coil_array import array_loops, sensitivities
@@ -178,7 +178,6 @@ def write_scan(path: str, scan: ShiftedScan) -> None:
             counter += 1
         for f in range(t):
             for p in range(s):
-                n = f * s + p
                 acq = ismrmrd.Acquisition.from_array(np.ascontiguousarray(scan.kspace[f, :, p]),
                                                      np.ascontiguousarray(scan.coords[f, p]))
                 acq.sample_time_us = DWELL_US
@@ -186,18 +185,8 @@ def write_scan(path: str, scan: ShiftedScan) -> None:
                 acq.scan_counter = counter
                 acq.acquisition_time_stamp = int(round(scan.spoke_times[f, p] / TICK_SECONDS))
                 acq.physiology_time_stamp[0] = int(round(scan.ecg[f, p] / TICK_SECONDS))
-                acq.idx.kspace_encode_step_1 = n
-                acq.idx.repetition = f
+                mark_spoke(acq, f, p, t, s)
                 _geometry(acq)
-                if p == 0:
-                    acq.set_flag(ismrmrd.ACQ_FIRST_IN_REPETITION)
-                if p == s - 1:
-                    acq.set_flag(ismrmrd.ACQ_LAST_IN_REPETITION)
-                if n == 0:
-                    acq.set_flag(ismrmrd.ACQ_FIRST_IN_SLICE)
-                if n == t * s - 1:
-                    acq.set_flag(ismrmrd.ACQ_LAST_IN_SLICE)
-                    acq.set_flag(ismrmrd.ACQ_LAST_IN_MEASUREMENT)
                 dset.append_acquisition(acq)
                 counter += 1
         for f, frame in enumerate(scan.reference):

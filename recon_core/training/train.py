@@ -244,8 +244,8 @@ def train(cfg: TrainConfig, train_paths, val_paths, out_dir: str, resume: bool =
     if cfg.init:
         from safetensors.torch import load_file
         own = model.state_dict()
-        init = {k: _fit_input_channels(v, own[k]) for k, v in load_file(cfg.init).items()
-                if k in own and _fit_input_channels(v, own[k]) is not None}
+        fitted = {k: _fit_input_channels(v, own[k]) for k, v in load_file(cfg.init).items() if k in own}
+        init = {k: v for k, v in fitted.items() if v is not None}
         missing = model.load_state_dict(init, strict=False)
         log.info("regularizer initialised from %s (%d tensors; not from it: %s)", cfg.init, len(init),
                  missing.missing_keys)
