@@ -1,18 +1,21 @@
-"""Frames of a recorded file as the chain sees them (prewhitened, compressed, grouped):
-for scoring data consistency and for building training sets from ISMRMRD files."""
+"""Frames of a recorded file as the chain sees them (prewhitened, compressed, grouped,
+gradient-delay corrected): for scoring data consistency and for building training sets
+from ISMRMRD files (:mod:`gadgets.recorded_scans`)."""
 from __future__ import annotations
 
 from recon_core.mrd import open_dataset, protocol_from_header, read_acquisitions, read_header
 
 from .compression import coil_compression
 from .frames import Frame, frame_buffer, frame_plan
+from .gradient_delay import gradient_delay_correction
 from .noise import noise_adjust
 from .stats import ChainStats
 
 
 def load_frames(path: str, cfg):
-    """Return ``(protocol, frames)``: the file's frames after the chain's input stages, in
-    stream order (``frame.slice`` and ``frame.index`` say which cine and frame)."""
+    """Return ``(protocol, frames)``: the file's frames after the chain's input stages
+    (gadgets/chain.py: prewhitening, coil compression, frames, gradient-delay correction),
+    in stream order (``frame.slice`` and ``frame.index`` say which cine and frame)."""
     dset = open_dataset(path)
     try:
         header = read_header(dset)
@@ -24,6 +27,7 @@ def load_frames(path: str, cfg):
         stream = coil_compression(stream, cfg.virtual_coils, cfg.compression_spokes)
         stream = frame_buffer(stream, protocol, cfg.ordering or protocol.ordering, plan, stats=stats,
                               min_partial_fraction=cfg.min_partial_fraction)
+        stream = gradient_delay_correction(stream, cfg, stats)
         frames = [f for f in stream if isinstance(f, Frame)]
     finally:
         dset.close()

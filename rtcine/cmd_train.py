@@ -5,6 +5,13 @@
     rtcine train --model flat --blocks 4 [--schedule cosine]       # FLAT, K = --blocks Euler steps
     rtcine train --model altun --supervision ssdu                  # any model, self-supervised (SSDU)
 
+On several processes (DistributedDataParallel; gloo on CPUs, NCCL on GPUs), e.g. two:
+
+    torchrun --nproc-per-node 2 -m rtcine train --model imunne ...
+
+each step then takes ``--batch`` windows per process; rank 0 builds the data, validates,
+logs and checkpoints (:mod:`recon_core.training.distributed`).
+
 Builds the training/validation splits in ``--data`` first if they are missing (resumable),
 then trains with a progress bar, validates every ``--validate-every`` steps, checkpoints
 (safetensors + YAML, no pickle) every ``--checkpoint-every`` steps and draws
@@ -12,16 +19,31 @@ then trains with a progress bar, validates every ``--validate-every`` steps, che
 """
 from __future__ import annotations
 
+import os
+
 
 def add_parser(sub):
     p = sub.add_parser("train", help="train a network (imunne, altun, cunet, dune, flat) on simulated scans")
     p.add_argument("--model", choices=("imunne", "altun", "cunet", "dune", "flat"), default="imunne")
-    p.add_argument("--data", default="runs/data", help="folder of prepared scans (built if missing)")
+    p.add_argument("--data", nargs="+", default=["runs/data"],
+                   help="folder of the simulator's prepared scans (built if missing), or recorded ISMRMRD "
+                        ".h5 files and folders of them (taken through the chain's input stages; with "
+                        "--supervision ssdu, as they carry no ground truth)")
+    p.add_argument("--val-data", nargs="+", default=None,
+                   help="validation scans: recorded .h5 files carrying references (default: the "
+                        "simulator's validation split, in --data or runs/data)")
+    p.add_argument("--finetune", default="",
+                   help="fine-tune this model: a shipped name (imunne, imunne_rt, altun, cunet, dune, flat) "
+                        "or a .safetensors path; its kind, architecture and streaming schedule are kept, "
+                        "its weights are the start (implies --init)")
     p.add_argument("--out", help="output folder (default runs/<model>[-heuristic][-ssdu])")
     p.add_argument("--train-scans", type=int, default=80)
     p.add_argument("--val-scans", type=int, default=6)
     p.add_argument("--steps", type=int, default=1200)
     p.add_argument("--window", type=int, default=5, help="frames per training window")
+    p.add_argument("--batch", type=int, default=1,
+                   help="windows per step (per process under torchrun: the global batch is "
+                        "processes x this)")
     p.add_argument("--channels", type=int, default=16)
     p.add_argument("--levels", type=int, default=2)
     p.add_argument("--noise-input", action="store_true",
@@ -73,20 +95,64 @@ def add_parser(sub):
 
 
 def run(args) -> int:
+    from recon_core.training import distributed
+
+    device = distributed.setup(args.device)       # joins the process group under torchrun
+    try:
+        return _run(args, device, distributed)
+    finally:
+        distributed.shutdown()
+
+
+def _run(args, device, distributed) -> int:
     from tqdm import tqdm
 
     from recon_core.training.data import build_split
     from recon_core.training.train import TrainConfig, train
 
-    splits = {}
-    for split, count in (("train", args.train_scans), ("val", args.val_scans)):
-        with tqdm(total=count, desc=f"data {split}", unit="scan") as bar:
-            splits[split] = build_split(args.data, split, count, progress=lambda i: bar.update(i - bar.n))
-    cfg = TrainConfig(model=args.model, channels=args.channels, levels=args.levels, max_iter=args.max_iter,
+    from gadgets.recorded_scans import recorded_files
+
+    main = distributed.is_main()
+    finetune = _finetune_settings(args) if args.finetune else {}
+    model = finetune.pop("model", args.model)
+    recorded = recorded_files(args.data) if _is_recorded(args.data) else []
+    suffix = ("-heuristic" if model == "dune" and args.dc == "heuristic" else "") + \
+        ("-final-only" if model == "flat" and args.flat_velocity_weight == 0 else "") + \
+        ("-ssdu" if args.supervision == "ssdu" else "")
+    # variants get their own default folder, so they never resume (overwrite) another run's checkpoint
+    out = args.out or f"runs/{model}{suffix}"
+
+    def built(what, make):
+        """``make()`` on rank 0, then on the others (which then only list what rank 0 wrote)."""
+        result = make(True) if main else None
+        distributed.barrier()
+        return result if main else make(False)
+
+    simulator = "runs/data" if recorded else args.data[0]
+    if recorded:
+        if args.supervision != "ssdu":
+            raise SystemExit("rtcine train: recorded scans carry no ground truth; train on them with "
+                             "--supervision ssdu")
+        train_paths = built("recorded", lambda show: _prepare_recorded(recorded, os.path.join(out, "recorded"),
+                                                                      args.window, show))
+        used = sorted({os.path.basename(p).rsplit("_s", 1)[0] for p in train_paths})
+        data = f"recorded: {len(used)} file(s), {len(train_paths)} slice(s): " + ", ".join(used[:8]) + \
+            (", ..." if len(used) > 8 else "")
+    else:
+        train_paths = built("train", lambda show: _split(build_split, simulator, "train", args.train_scans, show))
+        data = f"simulated: {len(train_paths)} scans of the train split ({simulator})"
+    if args.val_data:
+        val_files = recorded_files(args.val_data)
+        val_paths = built("val", lambda show: _prepare_recorded(val_files, os.path.join(out, "recorded-val"),
+                                                                1, show, with_reference=True))
+    else:
+        val_paths = built("val", lambda show: _split(build_split, simulator, "val", args.val_scans, show))
+    cfg = TrainConfig(model=model, channels=args.channels, levels=args.levels, max_iter=args.max_iter,
                       noise_input=args.noise_input,
-                      tol=args.tol, anderson=args.anderson, blocks=args.blocks, window=args.window, steps=args.steps, lr=args.lr,
+                      tol=args.tol, anderson=args.anderson, blocks=args.blocks, window=args.window,
+                      batch=args.batch, steps=args.steps, lr=args.lr,
                       validate_every=args.validate_every, checkpoint_every=args.checkpoint_every,
-                      device=args.device, init=args.init,
+                      device=device, init=args.init, data=data,
                       fixed_point_weight=args.fixed_point_weight, supervision=args.supervision,
                       ssdu_fraction=args.ssdu_fraction, dc=args.dc, schedule=args.schedule,
                       flat_velocity_weight=args.flat_velocity_weight,
@@ -94,16 +160,104 @@ def run(args) -> int:
                       stream_window=args.stream_window, stream_lookahead=args.stream_lookahead,
                       stream_updates=args.stream_updates, stream_clip=args.stream_clip,
                       stream_burn_in=args.stream_burn_in, window_weight=args.window_weight)
-    # variants get their own default folder, so they never resume (overwrite) another run's checkpoint
-    suffix = ("-heuristic" if args.model == "dune" and args.dc == "heuristic" else "") + \
-        ("-final-only" if args.model == "flat" and args.flat_velocity_weight == 0 else "") + \
-        ("-ssdu" if args.supervision == "ssdu" else "")
-    out = args.out or f"runs/{args.model}{suffix}"
-    history = train(cfg, splits["train"], splits["val"], out, resume=not args.fresh)
+    for key, value in finetune.items():          # the fine-tuned model's architecture and schedule
+        setattr(cfg, key, value)
+    history = train(cfg, train_paths, val_paths, out, resume=not args.fresh)
+    if not main:
+        return 0
     t = history.get("timing", {})
     last = history["val"][-1] if history["val"] else {}
-    print(f"{args.model}: {history['step'][-1] if history['step'] else 0} steps, "
+    print(f"{model}: {history['step'][-1] if history['step'] else 0} steps, "
           f"val PSNR {last.get('psnr', float('nan')):.2f} dB, SSIM {last.get('ssim', float('nan')):.3f}, "
           f"{t.get('seconds_per_epoch', float('nan')):.0f} s/epoch, peak RSS {t.get('peak_rss_mb', 0):.0f} MB")
     print(f"model: {out}/model.safetensors (+ .yaml), curve: {out}/curve.png")
     return 0
+
+
+def _split(build_split, folder, split, count, show):
+    if not show:
+        return build_split(folder, split, count)
+    from tqdm import tqdm
+    with tqdm(total=count, desc=f"data {split}", unit="scan") as bar:
+        return build_split(folder, split, count, progress=lambda i: bar.update(i - bar.n))
+
+
+def _is_recorded(paths) -> bool:
+    """Do ``--data`` paths name recorded ISMRMRD files (rather than a folder of prepared scans)?"""
+    for p in paths:
+        if p.endswith((".h5", ".mrd")):
+            return True
+        if os.path.isdir(p) and any(f.endswith((".h5", ".mrd")) for f in os.listdir(p)):
+            return True
+    return False
+
+
+def _prepare_recorded(files, folder, min_frames, show, with_reference=False) -> list[str]:
+    """Each usable slice of ``files`` as a prepared ``.npz`` in ``folder`` (kept while the file
+    is unchanged); files that cannot be used are named, with why, and left out."""
+    import logging
+
+    import numpy as np
+
+    from gadgets.recorded_scans import UnusableRecording, prepare_recorded
+
+    log = logging.getLogger("rtcine.train")
+    os.makedirs(folder, exist_ok=True)
+    paths, refused = [], []
+    for f in files:
+        stem = os.path.join(folder, os.path.splitext(os.path.basename(f))[0])
+        done = sorted(p for p in os.listdir(folder) if p.startswith(os.path.basename(stem) + "_s"))
+        if done and all(os.path.getmtime(os.path.join(folder, p)) >= os.path.getmtime(f) for p in done):
+            paths += [os.path.join(folder, p) for p in done]
+            continue
+        if not show:                                  # rank 0 prepared it; nothing to list means refused
+            continue
+        try:
+            scans = prepare_recorded(f, min_frames, with_reference=with_reference)
+        except UnusableRecording as e:
+            refused.append(str(e))
+            log.error("refused: %s", e)
+            continue
+        for scan in scans:
+            if str(scan["skipped"]):
+                log.warning("%s: left out %s", f, scan["skipped"])
+            path = f"{stem}_s{str(scan['source']).rsplit('#', 1)[1]}.npz"
+            np.savez(path + ".tmp.npz", **scan)
+            os.replace(path + ".tmp.npz", path)
+            paths.append(path)
+        print(f"prepared {f}: {len(scans)} slice(s), {scans[0]['kspace'].shape[0]} frames of "
+              f"{scans[0]['kspace'].shape[2]} spokes, {scans[0]['kspace'].shape[1]} coils")
+    if not paths:
+        raise SystemExit("rtcine train: no usable recorded scan" + ("".join(f"\n  {r}" for r in refused)))
+    if with_reference:
+        missing = [p for p in paths if "reference" not in np.load(p).files]
+        if missing:
+            raise SystemExit(f"rtcine train: --val-data scans need references (/dataset/reference); "
+                             f"{len(missing)} have none, e.g. {missing[0]}")
+    return paths
+
+
+def _finetune_settings(args) -> dict:
+    """The TrainConfig fields of the model ``--finetune`` names: kind, architecture,
+    streaming schedule, and its weights as ``init``."""
+    from recon_core.networks.checkpoint import read_meta
+    from recon_core.networks.streaming import model_path
+
+    path = model_path(args.model, args.finetune)
+    meta = read_meta(path)
+    arch = dict(meta.get("arch", {}))
+    kind = meta["kind"]
+    out = {"model": kind, "init": path}
+    for key in ("channels", "levels", "unshuffle", "eta", "noise_input", "tol", "anderson", "blocks", "dc",
+                "schedule"):
+        if key in arch:
+            out[key] = arch[key]
+    if kind == "dune" and "iterations" in arch:
+        out["blocks"] = arch["iterations"]
+    if kind == "flat" and "steps" in arch:
+        out["blocks"] = arch["steps"]
+    if meta.get("streaming"):
+        out["streaming"] = dict(meta["streaming"])
+    elif kind == "imunne" and "max_iter" in arch:
+        out["max_iter"] = min(int(arch["max_iter"]), args.max_iter)   # training iterations stay --max-iter
+    return out

@@ -38,6 +38,16 @@ def save_checkpoint(path: str, model: torch.nn.Module, kind: str, arch: dict, tr
     os.replace(base + ".yaml.tmp", base + ".yaml")
 
 
+def read_meta(path: str) -> dict:
+    """The YAML of the model ``path`` (``.safetensors`` or its base name); ``FileNotFoundError``
+    naming the file when it is missing."""
+    base = _base(path)
+    if not os.path.exists(base + ".yaml"):
+        raise FileNotFoundError(f"model file {base}.yaml does not exist")
+    with open(base + ".yaml") as f:
+        return yaml.safe_load(f)
+
+
 def load_checkpoint(path: str, device: str = "cpu"):
     """Return ``(model, meta, extra_tensors)``: the network in eval mode on ``device``, its
     YAML as a dict, and the tensors saved beside the state dict. Raises

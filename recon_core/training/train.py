@@ -1,10 +1,11 @@
 """Training loop for the networks (IMUNNE with Jacobian-free backpropagation, Alt-UN end
 to end, CU-Net), with validation, checkpoints, a training-curve picture and timing.
 
-One step draws a random scan and a random window of ``window`` frames, builds its
-normalised :class:`~recon_core.networks.problem.Problem` (CG-SENSE start), runs the
-model and takes an Adam step on the complex L1 loss against the phase-consistent
-target. An *epoch* is as many steps as there are training scans.
+One step draws ``batch`` random windows of ``window`` frames (a random scan each), builds
+their normalised :class:`~recon_core.networks.problem.Problem` s (CG-SENSE start), runs
+the model and takes an Adam step on the mean complex L1 loss against the phase-consistent
+target. An *epoch* is as many windows as there are training scans. Under torchrun the
+step's windows are shared out over the processes (:mod:`.distributed`).
 
 DUNE and FLAT (``model="dune"``/``"flat"``) and self-supervised SSDU training
 (``supervision="ssdu"``) go through the same loop; only the loss differs
@@ -46,6 +47,7 @@ class TrainConfig:
     anderson: int = 0            # IMUNNE: Anderson memory of the fixed-point solver (0: plain iteration)
     blocks: int = 4              # Alt-UN
     window: int = 5
+    batch: int = 1               # windows per step (per process under torchrun)
     steps: int = 1000
     lr: float = 1e-3
     cg_start_iterations: int = 3
@@ -79,13 +81,33 @@ class TrainConfig:
     # weight of the usual window loss (JFB for IMUNNE); 0 with stream_weight > 0 trains for the
     # streaming schedule alone (a real-time model, no longer trained for its fixed point)
     window_weight: float = 1.0
+    # the schedule of the model this one fine-tunes (its YAML's ``streaming:``), kept in this
+    # model's YAML: a fine-tuned real-time model still runs the schedule it was made for
+    streaming: dict = field(default_factory=dict)
+    data: str = ""               # provenance, into the YAML: what the scans were
 
     def streaming_schedule(self) -> dict | None:
-        """The schedule a real-time model is trained for (streaming loss alone), else None. It
-        goes into the model's YAML (``streaming:``), where the chain checks it."""
-        if self.model != "imunne" or self.stream_weight <= 0 or self.window_weight > 0:
-            return None
-        return {"window": self.stream_window, "lookahead": self.stream_lookahead, "updates": self.stream_updates}
+        """The schedule a real-time model is trained for (streaming loss alone) or inherits
+        (``streaming``), else None. It goes into the model's YAML (``streaming:``), where the
+        chain checks it."""
+        if self.model == "imunne" and self.stream_weight > 0 and self.window_weight <= 0:
+            return {"window": self.stream_window, "lookahead": self.stream_lookahead, "updates": self.stream_updates}
+        return dict(self.streaming) if self.model == "imunne" and self.streaming else None
+
+    def loss_description(self) -> str:
+        """The loss in words, for the YAML."""
+        if self.supervision == "ssdu":
+            terms = [f"SSDU k-space loss on held-out spokes ({1 - self.ssdu_fraction:.0%} per frame), no reference"]
+        elif self.model == "flat":
+            terms = [f"flow-aligned velocity (weight {self.flat_velocity_weight:g}) + final complex L1"]
+        else:
+            terms = ["complex L1 vs the reference" + (" (JFB)" if self.model == "imunne" else "")]
+        if self.window_weight <= 0:
+            terms = []
+        if self.stream_weight > 0:
+            terms.append(f"streaming schedule (window {self.stream_window}, look-ahead {self.stream_lookahead}, "
+                         f"{self.stream_updates} updates) x {self.stream_weight:g}")
+        return " + ".join(terms)
 
     def arch(self) -> dict:
         a = {"channels": self.channels, "levels": self.levels, "unshuffle": self.unshuffle, "eta": self.eta}
@@ -118,10 +140,36 @@ def _fit_input_channels(source: torch.Tensor, own: torch.Tensor):
     return None
 
 
+#: where a tensor of one kind of network is found in a checkpoint of another: a CU-Net-style
+#: regularizer (``block.net.``: CU-Net, IMUNNE, Alt-UN) initialises FLAT's velocity network
+#: (its time channel zero: the same function at start), and its first stage initialises DUNE's
+#: encoder features (a pretrained encoder)
+INIT_ALIASES = (("velocity.net.", "block.net."), ("encoder.features.stage.", "block.net.enc.0."))
+
+
+def init_tensors(source: dict, own: dict) -> dict:
+    """The tensors of checkpoint ``source`` that initialise a model with state ``own``: by
+    name, else through :data:`INIT_ALIASES`, each fitted by :func:`_fit_input_channels`
+    (tensors that fit nowhere are left out)."""
+    out = {}
+    for name, tensor in own.items():
+        candidates = [name] + [name.replace(a, b, 1) for a, b in INIT_ALIASES if name.startswith(a)]
+        for c in candidates:
+            if c in source:
+                fitted = _fit_input_channels(source[c], tensor)
+                if fitted is not None:
+                    out[name] = fitted
+                    break
+    return out
+
+
 def _tensors(scan, device, frames=None):
+    """``(kspace, coords, maps, target)`` of a scan's ``frames`` on ``device``; ``target`` is
+    None for a recorded scan (no ground truth)."""
     sl = slice(None) if frames is None else frames
+    target = torch.from_numpy(scan["target"][sl]).to(device) if "target" in scan else None
     return (torch.from_numpy(scan["kspace"][sl]).to(device), torch.from_numpy(scan["coords"][sl]).to(device),
-            torch.from_numpy(scan["maps"]).to(device), torch.from_numpy(scan["target"][sl]).to(device))
+            torch.from_numpy(scan["maps"]).to(device), target)
 
 
 def evaluate_model(model, scans, cg_start_iterations=3, device="cpu", window=None):
@@ -161,19 +209,20 @@ def evaluate_streaming(model, caches, references, cfg: TrainConfig) -> float:
     return float(np.mean(scores))
 
 
-def training_loss(cfg: TrainConfig, model, k, c, m, target, step: int = 0, problem=None):
+def training_loss(cfg: TrainConfig, model, k, c, m, target, step: int = 0, problem=None, sample: int = 0):
     """The loss of one training window, chosen by ``cfg``: ``(loss, info)``.
 
     - ``supervision="ssdu"``: :func:`~recon_core.training.ssdu.ssdu_step` (the Problem on a
       seeded 60/40 spoke split, k-space loss on the held-out spokes; ``target`` unused);
-      the split's seed is ``(seed, step)``, so a resumed run draws the same splits;
+      the split's seed is ``(seed, step, sample)`` (``sample``: the window's place in the
+      step's global batch), so a resumed run draws the same splits;
     - ``model="flat"``: :func:`~recon_core.networks.flat.flat_loss` (velocity alignment +
       final complex L1);
     - otherwise (imunne, altun, cunet, dune): complex L1 against the target, as always.
     """
     if cfg.supervision == "ssdu":
         from .ssdu import ssdu_step
-        gen = torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + int(step))
+        gen = torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + int(step) + int(sample) * 100_000_007)
         return ssdu_step(model, k, c, m, cfg.ssdu_fraction, gen, cfg.cg_start_iterations, return_info=True)
     if cfg.supervision != "supervised":
         raise ValueError(f"supervision={cfg.supervision!r}: expected 'supervised' or 'ssdu'")
@@ -204,14 +253,114 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def train(cfg: TrainConfig, train_paths, val_paths, out_dir: str, resume: bool = True, progress=True) -> dict:
-    """Train and write ``out_dir/model.safetensors`` (+ ``.yaml``), ``log.json``, ``curve.png``."""
+@dataclass
+class Sample:
+    """One training window of a step's global batch: scan ``which``, frames ``first`` ..
+    ``first + window``, its k-space noise level (augmentation), streaming clip start and
+    seed (``index``: its place in the global batch)."""
+    which: int
+    first: int
+    noise_level: float
+    clip_start: int
+    index: int
+
+
+def draw_samples(cfg: TrainConfig, step: int, frames_per_scan: list[int], count: int) -> list[Sample]:
+    """The ``count`` windows of step ``step``, from a generator seeded by ``(seed, step)``
+    alone: the same on every rank, the same after a resume, and for one process with
+    ``batch = count`` the union of what ``count / batch`` ranks draw."""
+    g = np.random.default_rng([cfg.seed, step])
+    out = []
+    for j in range(count):
+        which = int(g.integers(len(frames_per_scan)))
+        t_total = frames_per_scan[which]
+        first = int(g.integers(0, t_total - cfg.window + 1))
+        level = float(g.uniform(0.0, cfg.noise_augment)) if cfg.noise_augment > 0 else 0.0
+        clip = min(cfg.stream_clip, t_total)
+        start = int(g.integers(0, t_total - clip + 1))
+        out.append(Sample(which, first, level, start, j))
+    return out
+
+
+class StepLoss(torch.nn.Module):
+    """The loss of one step's windows, ``mean_j (window_weight * L_window + stream_weight *
+    L_stream)``, as one module: under DDP (:func:`.distributed.wrap`) it is one forward per
+    step whatever the network calls inside (JFB fixed point, streamed windows), so the
+    gradient all-reduce runs once, after the whole backward."""
+
+    def __init__(self, model: torch.nn.Module, cfg: TrainConfig, scans: list, caches, device):
+        super().__init__()
+        self.model, self.cfg, self.scans, self.caches, self.device = model, cfg, scans, caches, device
+
+    def forward(self, samples: list[Sample], step: int):
+        cfg, total = self.cfg, 0.0
+        window_losses, stream_losses, info = [], [], {"iterations": 0}
+        for s in samples:
+            scan = self.scans[s.which]
+            window = slice(s.first, s.first + cfg.window)
+            k, c, m, target = _tensors(scan, self.device, window)
+            problem = self.caches[s.which].problem(window) if self.caches is not None else None
+            if cfg.noise_augment > 0:
+                k = torch.from_numpy(add_kspace_noise(k.cpu().numpy(), s.noise_level,
+                                                      seed=step + s.index * 10_000_019)).to(self.device)
+                problem = None                      # built from the noisy k-space by training_loss
+            if cfg.window_weight > 0:
+                loss, info = training_loss(cfg, self.model, k, c, m, target, step, problem, sample=s.index)
+            else:                                   # streaming schedule only: no window loss
+                loss = torch.zeros((), device=self.device)
+            term = cfg.window_weight * loss
+            window_losses.append(loss.detach())
+            if cfg.stream_weight > 0:
+                clip = min(cfg.stream_clip, scan["kspace"].shape[0])
+                frames = range(s.clip_start, s.clip_start + clip)
+                s_loss, _ = streaming_loss(self.model, self.caches[s.which], frames,
+                                           torch.from_numpy(scan["target"][frames.start:frames.stop]).to(self.device),
+                                           cfg.stream_window, cfg.stream_lookahead, cfg.stream_updates,
+                                           min(cfg.stream_burn_in, clip - 1))
+                term = term + cfg.stream_weight * s_loss
+                stream_losses.append(s_loss.detach())
+            total = total + term / len(samples)
+        mean = lambda xs: torch.stack(xs).mean() if xs else None     # noqa: E731
+        return total, mean(window_losses), mean(stream_losses), info
+
+
+def _load_resume_state(out_dir: str, ckpt: str, state_path: str):
+    """``(weights, optimizer state or None, history)`` of the run in ``out_dir``, or None."""
+    if not (os.path.exists(ckpt + ".safetensors") and os.path.exists(os.path.join(out_dir, "log.json"))):
+        return None
+    from safetensors.torch import load_file
+    weights = {k: v for k, v in load_file(ckpt + ".safetensors").items() if not k.startswith("__extra__")}
+    with open(os.path.join(out_dir, "log.json")) as f:
+        history = json.load(f)
+    opt_state = torch.load(state_path, weights_only=True) if os.path.exists(state_path) else None
+    return weights, opt_state, history
+
+
+def train(cfg: TrainConfig, train_paths, val_paths, out_dir: str, resume: bool = True, progress=True,
+          on_step=None) -> dict:
+    """Train and write ``out_dir/model.safetensors`` (+ ``.yaml``), ``log.json``, ``curve.png``.
+
+    Under torchrun (:mod:`.distributed`) every rank runs this with the same arguments; each
+    step's ``world_size x batch`` windows are shared out, gradients all-reduced, and rank 0
+    alone validates and writes. ``on_step(step, model)`` is called on every rank after each
+    optimizer step (tests compare the ranks' weights with it)."""
+    from . import distributed as dist
+
+    main = dist.is_main()
+    progress = progress and main
     os.makedirs(out_dir, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    clip_rng = np.random.default_rng([cfg.seed, 1])   # streaming clips: the windows drawn stay as without
     device = torch.device(cfg.device)
     scans = [load_scan(p) for p in train_paths]
+    frames_per_scan = [s["kspace"].shape[0] for s in scans]
+    untargeted = [p for p, s in zip(train_paths, scans) if "target" not in s]
+    if untargeted and cfg.supervision == "supervised":
+        raise ValueError(f"{len(untargeted)} training scan(s) carry no supervised target (recorded scans have no "
+                         f"ground truth), e.g. {untargeted[0]}: train them with supervision='ssdu'")
+    short = [p for p, t in zip(train_paths, frames_per_scan) if t < cfg.window]
+    if short:
+        raise ValueError(f"{len(short)} training scan(s) have fewer frames than the window ({cfg.window}), "
+                         f"e.g. {short[0]}")
     caches = None
     if cfg.supervision == "supervised" and not cfg.noise_augment:
         # per-frame kernels, A^H y and CG starts once per scan: a training window then costs no NUFFT
@@ -220,13 +369,15 @@ def train(cfg: TrainConfig, train_paths, val_paths, out_dir: str, resume: bool =
             for scan in (tqdm_or_list(scans, progress, "cache")):
                 k, c, m, _ = _tensors(scan, device)
                 caches.append(FrameCache(k, c, m, cfg.cg_start_iterations))
-    val = [load_scan(p) for p in val_paths[:cfg.val_scans]]
+    val = [load_scan(p) for p in val_paths[:cfg.val_scans]] if main else []
     val_caches = None
     if cfg.window_weight <= 0 and cfg.stream_weight <= 0:
         raise ValueError("window_weight and stream_weight are both 0: no loss to train on")
     if cfg.noise_input and cfg.noise_augment:
         raise ValueError("noise_input with noise_augment: the added noise would change the data's noise "
                          "level behind the network's back; widen the data's SNR range instead")
+    if cfg.batch < 1:
+        raise ValueError(f"batch={cfg.batch}: expected at least 1 window per step")
     if cfg.stream_weight > 0:
         if caches is None:
             raise ValueError("stream_weight > 0 needs the per-frame cache: supervised training without "
@@ -243,9 +394,7 @@ def train(cfg: TrainConfig, train_paths, val_paths, out_dir: str, resume: bool =
     model = build_model(cfg.model, **cfg.arch()).to(device).train()
     if cfg.init:
         from safetensors.torch import load_file
-        own = model.state_dict()
-        fitted = {k: _fit_input_channels(v, own[k]) for k, v in load_file(cfg.init).items() if k in own}
-        init = {k: v for k, v in fitted.items() if v is not None}
+        init = init_tensors(load_file(cfg.init), model.state_dict())
         missing = model.load_state_dict(init, strict=False)
         log.info("regularizer initialised from %s (%d tensors; not from it: %s)", cfg.init, len(init),
                  missing.missing_keys)
@@ -255,18 +404,22 @@ def train(cfg: TrainConfig, train_paths, val_paths, out_dir: str, resume: bool =
     start_step = 0
     ckpt = os.path.join(out_dir, "model")
     state_path = os.path.join(out_dir, "optimizer.pt")
-    if resume and os.path.exists(ckpt + ".safetensors") and os.path.exists(os.path.join(out_dir, "log.json")):
-        from safetensors.torch import load_file
-        model.load_state_dict({k: v for k, v in load_file(ckpt + ".safetensors").items()
-                               if not k.startswith("__extra__")})
-        with open(os.path.join(out_dir, "log.json")) as f:
-            history = json.load(f)
+    state = _load_resume_state(out_dir, ckpt, state_path) if resume and main else None
+    state = dist.broadcast_object(state)            # rank 0's checkpoint on every rank
+    if state is not None:
+        weights, opt_state, history = state
+        model.load_state_dict(weights)
         start_step = history["step"][-1] if history["step"] else 0
-        if os.path.exists(state_path):
-            st = torch.load(state_path, weights_only=True)
-            opt.load_state_dict(st["opt"])
-            sched.load_state_dict(st["sched"])
+        if opt_state is not None:
+            opt.load_state_dict(opt_state["opt"])
+            sched.load_state_dict(opt_state["sched"])
         log.info("resumed %s at step %d", cfg.model, start_step)
+    world = dist.world_size()
+    if world > 1:
+        history["config"]["world_size"] = world
+        log.info("rank %d of %d, %d window(s) per rank per step (global batch %d)", dist.rank(), world,
+                 cfg.batch, world * cfg.batch)
+    step_loss = dist.wrap(StepLoss(model, cfg, scans, caches, device), str(device))
     bar = None
     if progress:
         from tqdm import tqdm
@@ -276,46 +429,33 @@ def train(cfg: TrainConfig, train_paths, val_paths, out_dir: str, resume: bool =
     stream_losses = []
     for step in range(start_step + 1, cfg.steps + 1):
         t0 = time.perf_counter()
-        which = rng.integers(len(scans))
-        scan = scans[which]
-        t_total = scan["kspace"].shape[0]
-        first = int(rng.integers(0, t_total - cfg.window + 1))
-        k, c, m, target = _tensors(scan, device, slice(first, first + cfg.window))
-        window = slice(first, first + cfg.window)
-        problem = caches[which].problem(window) if caches is not None else None
-        if cfg.noise_augment > 0:
-            level = float(rng.uniform(0.0, cfg.noise_augment))
-            k = torch.from_numpy(add_kspace_noise(k.cpu().numpy(), level, seed=step)).to(device)
-            problem = None                      # built from the noisy k-space by training_loss
-        if cfg.window_weight > 0:
-            loss, info = training_loss(cfg, model, k, c, m, target, step, problem)
-        else:                                   # streaming schedule only: no window loss
-            loss, info = torch.zeros(()), {"iterations": 0}
-        total = cfg.window_weight * loss
-        if cfg.stream_weight > 0:
-            clip = min(cfg.stream_clip, t_total)
-            start = int(clip_rng.integers(0, t_total - clip + 1))
-            frames = range(start, start + clip)
-            s_loss, _ = streaming_loss(model, caches[which], frames,
-                                       torch.from_numpy(scan["target"][start:start + clip]).to(device),
-                                       cfg.stream_window, cfg.stream_lookahead, cfg.stream_updates,
-                                       min(cfg.stream_burn_in, clip - 1))
-            total = total + cfg.stream_weight * s_loss
-            stream_losses.append(float(s_loss.detach()))
+        samples = dist.rank_share(draw_samples(cfg, step, frames_per_scan, world * cfg.batch), cfg.batch)
+        total, loss, s_loss, info = step_loss(samples, step)
         opt.zero_grad(set_to_none=True)
         total.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        losses.append(float(loss.detach()))
+        logged = torch.stack([loss, s_loss if s_loss is not None else torch.zeros_like(loss)]).cpu()
+        if world > 1:                                   # the curve shows every rank's windows
+            torch.distributed.all_reduce(logged)
+            logged /= world
+        losses.append(float(logged[0]))
+        if s_loss is not None:
+            stream_losses.append(float(logged[1]))
         step_times.append(time.perf_counter() - t0)
+        if on_step is not None:
+            on_step(step, model)
         if bar is not None:
             bar.update(1)
             postfix = {"loss": f"{np.mean(losses[-20:]):.4f}", "it": info["iterations"]}
             if stream_losses:
                 postfix["stream"] = f"{np.mean(stream_losses[-20:]):.4f}"
             bar.set_postfix(postfix)
-        if step % cfg.validate_every == 0 or step == cfg.steps:
+        checkpoint = step % cfg.checkpoint_every == 0 or step == cfg.steps
+        if checkpoint:
+            dist.check_in_sync(model, step)
+        if main and (step % cfg.validate_every == 0 or step == cfg.steps):
             v = evaluate_model(model, val, cfg.cg_start_iterations, device, window=8)
             streamed = ""
             if val_caches is not None:
@@ -326,23 +466,27 @@ def train(cfg: TrainConfig, train_paths, val_paths, out_dir: str, resume: bool =
             if bar is not None:
                 bar.write(f"step {step}: loss {np.mean(losses[-50:]):.4f}, val PSNR {v['psnr']:.2f} dB, "
                           f"SSIM {v['ssim']:.3f}, iterations {v['iterations']:.1f}{streamed}")
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+        if checkpoint:
             history["step"].append(step)
             history["loss"].append(float(np.mean(losses[-cfg.checkpoint_every:])))
             if stream_losses:            # the streaming term, unweighted ("loss" stays the window term)
                 history.setdefault("stream_loss", []).append(
                     float(np.mean(stream_losses[-cfg.checkpoint_every:])))
-            epoch_s = float(np.mean(step_times[-cfg.checkpoint_every:]) * len(scans))
+            epoch_s = float(np.mean(step_times[-cfg.checkpoint_every:]) * len(scans) / (world * cfg.batch))
             history["timing"] = {"seconds_per_step": float(np.mean(step_times)), "seconds_per_epoch": epoch_s,
                                  "peak_rss_mb": peak_rss_mb(), "rss_after_data_mb": rss_data}
-            schedule = cfg.streaming_schedule()
-            save_checkpoint(ckpt, model, cfg.model, cfg.arch(),
-                            {"steps": step, "val": history["val"][-1:] or None, **history["timing"]},
-                            meta={"streaming": schedule} if schedule else None)
-            torch.save({"opt": opt.state_dict(), "sched": sched.state_dict()}, state_path)
-            with open(os.path.join(out_dir, "log.json"), "w") as f:
-                json.dump(history, f, indent=1)
-            training_curve(history, os.path.join(out_dir, "curve.png"))
+            if main:
+                schedule = cfg.streaming_schedule()
+                provenance = {"data": cfg.data or None, "loss": cfg.loss_description(), "init": cfg.init or None,
+                              "processes": world}
+                save_checkpoint(ckpt, model, cfg.model, cfg.arch(),
+                                {"steps": step, "val": history["val"][-1:] or None, **history["timing"],
+                                 **provenance},
+                                meta={"streaming": schedule} if schedule else None)
+                torch.save({"opt": opt.state_dict(), "sched": sched.state_dict()}, state_path)
+                with open(os.path.join(out_dir, "log.json"), "w") as f:
+                    json.dump(history, f, indent=1)
+                training_curve(history, os.path.join(out_dir, "curve.png"))
     if bar is not None:
         bar.close()
     return history
