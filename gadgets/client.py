@@ -39,7 +39,7 @@ from recon_core.metrics import latency_stats
 from recon_core.mrd import (TICK_SECONDS, HeaderError, RadialProtocol, non_imaging_kind, open_dataset,
                             protocol_from_header, read_header)
 
-from .feeder import ARRIVAL, paced
+from .feeder import ARRIVAL
 from .frames import DEFAULT_SPOKES_PER_FRAME, Frame, FramePlan, frame_buffer, frame_plan
 from .replay import OUTPUT_GROUP, open_output
 from .stats import ChainStats, output_rate
@@ -163,6 +163,51 @@ def _send_items(dset):
         wav = next(waves, None)
 
 
+def _prepare_stream(dset, protocol, ordering, plan, framing: ChainStats, min_partial: float, counts: dict):
+    """Everything to send, ready before the clock starts: ``(items, blobs, closers)`` with the
+    file's items in sending order (:func:`_send_items`), each one's serialized message, and
+    for each frame ``(slice, index)`` the position of the item that closes it (as the chain
+    cuts frames: gadgets.frames on what is sent). Counts noise scans, spokes and waveforms
+    into ``counts`` and the framing into ``framing``."""
+    import io
+
+    items = list(_send_items(dset))
+    buffer = io.BytesIO()
+    ser = ismrmrd.ProtocolSerializer(buffer)
+    blobs = []
+    for item in items:
+        ser.serialize(item)
+        blobs.append(buffer.getvalue())
+        buffer.seek(0)
+        buffer.truncate()
+    shapes: dict = {}
+
+    def imaging():
+        for position, item in enumerate(items):
+            if isinstance(item, ismrmrd.Waveform):
+                counts["waveforms"] += 1
+                continue
+            if item.is_flag_set(ismrmrd.ACQ_IS_NOISE_MEASUREMENT):
+                counts["noise"] += 1
+                continue
+            kind = non_imaging_kind(item)
+            if kind is not None:
+                framing.non_imaging[kind] = framing.non_imaging.get(kind, 0) + 1
+                continue
+            counts["spokes"] += 1
+            shape = item.data.shape
+            if 0 in shape or shape != shapes.setdefault("spoke", shape):
+                continue                 # the chain drops it (gadgets/validate.py): no frame counts it
+            setattr(item, ARRIVAL, float(position + 1))      # frame.arrival: which item closed it
+            yield item
+
+    closers = {}
+    for framed in frame_buffer(imaging(), protocol, ordering, plan, stats=framing, min_partial_fraction=min_partial):
+        if isinstance(framed, Frame):
+            closers[(framed.slice, framed.index)] = int(framed.arrival) - 1
+    return items, blobs, closers
+
+
 def _close(sock) -> None:
     try:
         sock.shutdown(socket.SHUT_RDWR)
@@ -234,59 +279,54 @@ def replay_to_server(path: str, server: str, chain: str | None = None, out: str 
     receiver = _Receiver(rfile, on_image)
     receiver.start()
     log.info("sending %s to %s:%d with the %s", path, host, port, chain_desc)
+    # the whole scan is read, serialized and framed before the clock starts, as a scanner has
+    # its data in hand: the paced loop below only sleeps and writes, so on a busy machine this
+    # emulator does not lag its own pace (its lag is still measured: sender_lag_ms)
+    try:
+        items, blobs, closers = _prepare_stream(dset, protocol, ordering, plan, framing, min_partial, counts)
+    finally:
+        dset.close()
+    sent_time: dict[int, float] = {}
     t0 = time.perf_counter()
     try:
         ser = ismrmrd.ProtocolSerializer(wfile)
         wfile.write(struct.pack("<H", msg_id) + payload)
         wfile.write(struct.pack("<HI", HEADER, len(raw_header)) + raw_header)
         wfile.flush()
-        items = _send_items(dset)
-        if realtime:
-            items = paced(items, TICK_SECONDS, speed)
-
-        shapes: dict = {}
-
-        def sent(items):
-            for item in items:
-                ready = time.perf_counter()      # paced: the scanner has the spoke now; the write may block
-                ser.serialize(item)
-                wfile.flush()
-                if isinstance(item, ismrmrd.Waveform):
-                    counts["waveforms"] += 1
-                    continue
-                if item.is_flag_set(ismrmrd.ACQ_IS_NOISE_MEASUREMENT):
-                    counts["noise"] += 1
-                    continue
-                kind = non_imaging_kind(item)
-                if kind is not None:
-                    framing.non_imaging[kind] = framing.non_imaging.get(kind, 0) + 1
-                    continue
-                counts["spokes"] += 1
-                shape = item.data.shape
-                if 0 in shape or shape != shapes.setdefault("spoke", shape):
-                    continue                 # the chain drops it (gadgets/validate.py): no frame counts it
+        start = stamp0 = None
+        for position, (item, blob) in enumerate(zip(items, blobs)):
+            due = None
+            stamp = getattr(item, "acquisition_time_stamp", None)
+            if realtime and stamp is not None:
+                if start is None:
+                    start, stamp0 = time.perf_counter(), stamp
+                due = start + (stamp - stamp0) * TICK_SECONDS / speed
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+            ready = time.perf_counter()           # paced: the scanner has the spoke now; the write may block
+            sock.sendall(blob)
+            if isinstance(item, ismrmrd.Acquisition):
                 # a frame's clock starts when its last spoke is out or, paced, when the scanner had it
-                # (its due time, stamped by paced()): a scanner does not wait for a server that is
-                # not reading (start-up, backlog), so a blocked write and the backlog behind it count
-                due = getattr(item, ARRIVAL, None) or ready
-                if realtime:
+                # (its due time): a scanner does not wait for a server that is not reading (start-up,
+                # backlog), so a blocked write and the backlog behind it count
+                if due is not None:
                     lags.append(ready - due)
-                setattr(item, ARRIVAL, min(due, ready) if realtime else time.perf_counter())
-                yield item
-
-        for framed in frame_buffer(sent(items), protocol, ordering, plan, stats=framing,
-                                min_partial_fraction=min_partial):
-            if isinstance(framed, Frame):
-                sent_at[(framed.slice, framed.index)] = framed.arrival
+                    sent_time[position] = min(due, ready)
+                else:
+                    sent_time[position] = time.perf_counter()
+        for key, position in closers.items():
+            sent_at[key] = sent_time[position]
         ser.close()
     except OSError as exc:  # the server went away (broken pipe, reset) or stopped reading (timeout)
+        for key, position in closers.items():
+            if position in sent_time:
+                sent_at[key] = sent_time[position]
         errors.append(f"sending stopped: {type(exc).__name__}: {exc}")
         log.error("sending to %s:%d stopped: %s", host, port, exc)
     except BaseException:
         _close(sock)
         raise
-    finally:
-        dset.close()
     receiver.join(timeout)
     wall = time.perf_counter() - t0
     if receiver.is_alive():
