@@ -29,11 +29,12 @@ import time
 import numpy as np
 
 #: offline methods and the streaming methods (through the chain at scanner pace)
-OFFLINE = ("gridding", "cgsense", "cs", "bart", "cunet", "altun", "imunne")
+OFFLINE = ("gridding", "cgsense", "cs", "bart", "cunet", "altun", "imunne", "dune", "flat")
 STREAMING = ("realtime", "cs-stream")
 ALL_METHODS = OFFLINE + STREAMING
 NETWORK_FILES = {"cunet": "cunet_small.safetensors", "altun": "altun_small.safetensors",
-                 "imunne": "imunne_small.safetensors", "realtime": "imunne_rt_small.safetensors"}
+                 "imunne": "imunne_small.safetensors", "realtime": "imunne_rt_small.safetensors",
+                 "dune": "dune_small.safetensors", "flat": "flat_small.safetensors"}
 LAM_GRIDS = {"cs": (0.002, 0.005, 0.01, 0.02, 0.04), "bart": (0.0005, 0.001, 0.002, 0.005, 0.01),
              "cs-stream": (0.005, 0.01, 0.02, 0.04, 0.08)}
 CACHE = "compare_cache.json"
@@ -41,26 +42,15 @@ CACHE = "compare_cache.json"
 
 def load_scan_file(path: str, calibration_frames: int = 10) -> dict:
     """A suite file as arrays: ``kspace (T, C, S, R)`` prewhitened, ``coords (T, S, R, 2)``,
-    ``maps (C, N, N)`` ESPIRiT, ``reference (T, N, N)`` (complete frames only)."""
-    from gadgets.frames_from_file import load_frames
-    from gadgets.images import image_frame
-    from recon_core.config import ReconConfig
-    from recon_core.coils import estimate_maps
-    from recon_core.mrd import read_images
-    from recon_core.shifted_suite.acquisition import REFERENCE_GROUP
+    ``maps (C, N, N)`` ESPIRiT, ``reference (T, N, N)`` (complete frames only), through the
+    chain's input stages as training on recorded files takes them
+    (:func:`gadgets.recorded_scans.prepare_recorded`)."""
+    from gadgets.recorded_scans import prepare_recorded
 
-    protocol, frames = load_frames(path, ReconConfig())
-    full = [f for f in frames if not f.partial]
-    kspace = np.stack([f.kspace for f in full]).astype(np.complex64)
-    coords = np.stack([f.coords for f in full]).astype(np.float32)
-    t, c, s, r = kspace.shape
-    calib = min(calibration_frames, t)
-    maps = estimate_maps(kspace[:calib].transpose(0, 2, 1, 3).reshape(-1, c, r),
-                         coords[:calib].reshape(-1, r, 2), (protocol.matrix, protocol.matrix), "espirit")
-    reference = np.stack([image_frame(i) for i in read_images(path, REFERENCE_GROUP)])
-    n = min(t, len(reference))
-    return {"kspace": kspace[:n], "coords": coords[:n], "maps": maps.astype(np.complex64),
-            "reference": reference[:n]}
+    scan = prepare_recorded(path, 1, calibration_frames=calibration_frames, with_reference=True)[0]
+    if "reference" not in scan:
+        raise ValueError(f"{path}: no reference images for its frames (/dataset/reference)")
+    return {k: scan[k] for k in ("kspace", "coords", "maps", "reference")}
 
 
 def _score(images: np.ndarray, reference: np.ndarray) -> dict:
