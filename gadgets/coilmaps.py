@@ -5,8 +5,8 @@ it first fills (and every ``refresh`` frames after, if asked), ESPIRiT runs on a
 thread at lower CPU priority (``ESPIRIT_NICE``); the new maps are swapped in between
 frames, never computed on the frame path. sigpy is imported and ESPIRiT run once on a tiny input when the service starts (see
 :func:`recon_core.coils.warm_up_espirit`). Until the first ESPIRiT maps exist, frames use
-low-resolution maps from the spokes pooled so far (a few ms; recomputed each time the pool
-doubles), unless ``wait`` holds them back (reproducible offline runs).
+low-resolution maps from the spokes pooled so far (the first set on the frame path, then
+recomputed in the background each time the pool doubles), unless ``wait`` holds them back (reproducible offline runs).
 """
 from __future__ import annotations
 
@@ -44,6 +44,10 @@ class CoilMapService:
                 log.debug("ESPIRiT warmed up in %.2f s", took)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="espirit", initializer=_lower_priority)
         self._future: Future | None = None
+        # refreshed fallback maps are computed beside the frames too (25-40 ms each on a 2-core
+        # AVX2 CPU: on the frame path each refresh set a real-time stream back by about a frame)
+        self._fallback_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fallback-maps")
+        self._fallback_future: Future | None = None
         self.updates = 0
 
     # -- pool -------------------------------------------------------------------------
@@ -114,15 +118,25 @@ class CoilMapService:
         if self.maps is not None:
             return self.maps, self.source
         # recomputed when the pool has doubled (1, 2, 4, 8... frames): each new map set makes the
-        # network re-prepare its window, so maps that change every frame would cost more than they give
-        if self._fallback is None or self.frames_seen >= 2 * self._fallback_frames:
+        # network re-prepare its window, so maps that change every frame would cost more than they
+        # give. The first set is computed here (the frame needs it); later ones in the background,
+        # installed at the first frame after they are done
+        if self._fallback_future is not None and self._fallback_future.done():
+            future, self._fallback_future = self._fallback_future, None
+            self._fallback = future.result()
+        if self._fallback is None:
             data, coords = self._pooled()
             self._fallback = self._compute(data, coords, "lowres")
+            self._fallback_frames = self.frames_seen
+        elif self._fallback_future is None and self.frames_seen >= 2 * self._fallback_frames:
+            data, coords = self._pooled()
+            self._fallback_future = self._fallback_executor.submit(self._compute, data, coords, "lowres")
             self._fallback_frames = self.frames_seen
         return self._fallback, "fallback"
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._fallback_executor.shutdown(wait=False, cancel_futures=True)
 
 
 #: how much lower the ESPIRiT thread's CPU priority is than the chain's (Linux ``nice``)
