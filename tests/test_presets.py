@@ -39,8 +39,9 @@ def test_no_options_is_the_realtime_preset():
         assert {k: getattr(cfg, k) for k in REALTIME} == REALTIME
 
 
-def test_causal_is_realtime_without_lookahead():
-    assert ReconConfig.from_preset("causal") == ReconConfig.from_preset("realtime").replace(lookahead=0)
+def test_causal_is_realtime_without_lookahead_and_an_earlier_deadline():
+    assert ReconConfig.from_preset("causal") == ReconConfig.from_preset("realtime").replace(lookahead=0,
+                                                                                             deadline_ms=60)
 
 
 def test_a_bare_recon_keeps_its_own_defaults():
