@@ -92,3 +92,22 @@ def test_realtime_model_used_off_its_schedule_is_logged(heldout, caplog):
                                      wait_for_maps=True, calibration_frames=8))
     assert s["images"] == 8
     assert "trained for window 2, lookahead 1, 2 update(s) per window; this chain asks window 3" in caplog.text
+
+
+@pytest.mark.parametrize("kind, margin", [("flat", 1.5), ("dune", 0.5)])
+def test_replay_recon_flat_and_dune_with_their_shipped_models(heldout, kind, margin):
+    """`rtcine replay --recon flat|dune`, no --model: the shipped model (not a CG-SENSE
+    fallback), one image per frame, better than the CG-SENSE chain on the same file."""
+    from gadgets.images import image_frame
+    from gadgets.replay import replay
+    from recon_core.config import ReconConfig
+    from recon_core.evaluation import score
+
+    path, scan = heldout
+    out = {}
+    for recon in ("cgsense", kind):
+        s = replay(path, ReconConfig(recon=recon, wait_for_maps=True, calibration_frames=8))
+        assert s["images"] == 8 and s["recon"] == recon and not s.get("fallback")
+        images = np.stack([image_frame(i) for i in s["images_list"]])
+        out[recon] = score(images, scan["reference"], roi=True)["mean"]["psnr"]
+    assert out[kind] > out["cgsense"] + margin
