@@ -19,13 +19,18 @@ from recon_core.training import distributed
 from recon_core.training.train import TrainConfig, train
 
 
+class _Stop(Exception):
+    pass
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--dump", required=True)
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--steps", type=int, default=4, help="stop after this step (resume: run again)")
+    p.add_argument("--total", type=int, default=0, help="steps of the schedule (default --steps)")
     p.add_argument("--crash-at", type=int, default=0)
     p.add_argument("--crash-rank", type=int, default=1)
     args = p.parse_args()
@@ -39,14 +44,18 @@ def main() -> None:
         if step == args.crash_at and rank == args.crash_rank and not os.path.exists(marker):
             open(marker, "w").close()
             os._exit(1)
+        if step == args.steps and step < cfg.steps:
+            raise _Stop
 
-    cfg = TrainConfig(model="imunne", channels=4, levels=1, window=3, batch=args.batch, steps=args.steps,
+    cfg = TrainConfig(model="imunne", channels=4, levels=1, window=3, batch=args.batch, steps=args.total or args.steps,
                       max_iter=3, lr=3e-3, validate_every=args.steps, checkpoint_every=1, val_scans=1,
                       stream_weight=0.5, stream_window=2, stream_clip=4)
     train_paths = sorted(glob.glob(os.path.join(args.data, "train-*.npz")))
     val_paths = sorted(glob.glob(os.path.join(args.data, "val-*.npz")))
     try:
         train(cfg, train_paths, val_paths, args.out, resume=True, progress=False, on_step=on_step)
+    except _Stop:                 # stopped after --steps, its checkpoint written at every step
+        pass
     finally:
         distributed.shutdown()
 
