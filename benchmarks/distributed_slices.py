@@ -35,12 +35,13 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
+
+from benchmarks.realtime_routes import _env as routes_env, _free_port  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -52,18 +53,9 @@ TR_S = 3e-3
 
 
 def _env() -> dict:
-    env = dict(os.environ)
-    env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), GADGETRON_BIN, env.get("PATH", "")])
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    env = routes_env()        # this Python and Gadgetron first on PATH, the repository importable
     env.setdefault("OPENBLAS_NUM_THREADS", "1")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH", "")) if p)
     return env
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Processes:

@@ -39,7 +39,7 @@ from recon_core.metrics import latency_stats
 from recon_core.mrd import (TICK_SECONDS, HeaderError, RadialProtocol, non_imaging_kind, open_dataset,
                             protocol_from_header, read_header)
 
-from .feeder import ARRIVAL
+from .feeder import ARRIVAL, paced
 from .frames import DEFAULT_SPOKES_PER_FRAME, Frame, FramePlan, frame_buffer, frame_plan
 from .replay import OUTPUT_GROUP, open_output
 from .stats import ChainStats, output_rate
@@ -293,40 +293,28 @@ def replay_to_server(path: str, server: str, chain: str | None = None, out: str 
         wfile.write(struct.pack("<H", msg_id) + payload)
         wfile.write(struct.pack("<HI", HEADER, len(raw_header)) + raw_header)
         wfile.flush()
-        start = stamp0 = None
-        for position, (item, blob) in enumerate(zip(items, blobs)):
-            due = None
-            stamp = getattr(item, "acquisition_time_stamp", None)
-            if realtime and stamp is not None:
-                if start is None:
-                    start, stamp0 = time.perf_counter(), stamp
-                due = start + (stamp - stamp0) * TICK_SECONDS / speed
-                delay = due - time.perf_counter()
-                if delay > 0:
-                    time.sleep(delay)
+        # paced() stamps each acquisition with its due time (the frames were cut already)
+        for position, item in enumerate(paced(items, TICK_SECONDS, speed) if realtime else items):
             ready = time.perf_counter()           # paced: the scanner has the spoke now; the write may block
-            sock.sendall(blob)
+            sock.sendall(blobs[position])
             if isinstance(item, ismrmrd.Acquisition):
                 # a frame's clock starts when its last spoke is out or, paced, when the scanner had it
                 # (its due time): a scanner does not wait for a server that is not reading (start-up,
                 # backlog), so a blocked write and the backlog behind it count
-                if due is not None:
+                if realtime:
+                    due = getattr(item, ARRIVAL)
                     lags.append(ready - due)
                     sent_time[position] = min(due, ready)
                 else:
                     sent_time[position] = time.perf_counter()
-        for key, position in closers.items():
-            sent_at[key] = sent_time[position]
         ser.close()
     except OSError as exc:  # the server went away (broken pipe, reset) or stopped reading (timeout)
-        for key, position in closers.items():
-            if position in sent_time:
-                sent_at[key] = sent_time[position]
         errors.append(f"sending stopped: {type(exc).__name__}: {exc}")
         log.error("sending to %s:%d stopped: %s", host, port, exc)
     except BaseException:
         _close(sock)
         raise
+    sent_at.update({key: sent_time[p] for key, p in closers.items() if p in sent_time})
     receiver.join(timeout)
     wall = time.perf_counter() - t0
     if receiver.is_alive():

@@ -3,23 +3,17 @@ and equal to one process trained on the union of their windows, across a resume.
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import sys
 
 import pytest
 import torch
+from gadgetron_fixture import free_port as _free_port
 from safetensors.torch import load_file
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 STEPS = 4
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
