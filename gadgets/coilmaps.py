@@ -119,9 +119,10 @@ class CoilMapService:
             return self.maps, self.source
         # recomputed when the pool has doubled (1, 2, 4, 8... frames): each new map set makes the
         # network re-prepare its window, so maps that change every frame would cost more than they
-        # give. The first set is computed here (the frame needs it); later ones in the background,
-        # installed at the first frame after they are done
-        if self._fallback_future is not None and self._fallback_future.done():
+        # give. The first set is computed here (the frame needs it); later ones in the background
+        # while the frame that started them is reconstructed, and installed for the next frame
+        # (waited for, if need be: which frames get which maps does not depend on timing)
+        if self._fallback_future is not None and self.frames_seen > self._fallback_frames:
             future, self._fallback_future = self._fallback_future, None
             self._fallback = future.result()
         if self._fallback is None:
