@@ -69,6 +69,10 @@ def add_parser(sub):
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in --out")
     p.add_argument("--fixed-point-weight", type=float, default=0.0,
                    help="IMUNNE: weight of the fixed-point residual |R(x*) - x*| in the loss")
+    p.add_argument("--contraction-weight", type=float, default=0.0,
+                   help="IMUNNE: weight of the penalty on the spectral radius of dR/dx at the fixed point "
+                        "above --contraction-target (keeps plain iteration converging there)")
+    p.add_argument("--contraction-target", type=float, default=0.9)
     p.add_argument("--noise-augment", type=float, default=0.0,
                    help="add k-space noise to each training window, level uniform in [0, this] x RMS")
     p.add_argument("--stream-weight", type=float, default=0.0,
@@ -153,7 +157,9 @@ def _run(args, device, distributed) -> int:
                       batch=args.batch, steps=args.steps, lr=args.lr,
                       validate_every=args.validate_every, checkpoint_every=args.checkpoint_every,
                       device=device, init=args.init, data=data,
-                      fixed_point_weight=args.fixed_point_weight, supervision=args.supervision,
+                      fixed_point_weight=args.fixed_point_weight, contraction_weight=args.contraction_weight,
+                      contraction_target=args.contraction_target,
+                      supervision=args.supervision,
                       ssdu_fraction=args.ssdu_fraction, dc=args.dc, schedule=args.schedule,
                       flat_velocity_weight=args.flat_velocity_weight,
                       noise_augment=args.noise_augment, stream_weight=args.stream_weight,
@@ -258,6 +264,9 @@ def _finetune_settings(args) -> dict:
         out["blocks"] = arch["steps"]
     if meta.get("streaming"):
         out["streaming"] = dict(meta["streaming"])
+        if args.stream_weight > 0:      # a real-time model is fine-tuned on the schedule it runs
+            out.update({f"stream_{k}": int(v) for k, v in meta["streaming"].items()
+                        if k in ("window", "lookahead", "updates")})
     elif kind == "imunne" and "max_iter" in arch:
         out["max_iter"] = min(int(arch["max_iter"]), args.max_iter)   # training iterations stay --max-iter
     return out

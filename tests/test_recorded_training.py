@@ -54,6 +54,7 @@ def test_finetune_the_realtime_model_on_recorded_files_ssdu(recordings, tmp_path
     out = tmp_path / "ft"
     cmd = [sys.executable, "-m", "rtcine", "train", "--finetune", "imunne_rt", "--data", str(recordings),
            "--val-data", str(recordings / "one.h5"), "--supervision", "ssdu", "--window", "4", "--steps", "2",
+           "--window-weight", "0", "--stream-weight", "1", "--stream-clip", "6", "--stream-burn-in", "1",
            "--checkpoint-every", "1", "--validate-every", "2", "--out", str(out)]
     r = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -64,7 +65,9 @@ def test_finetune_the_realtime_model_on_recorded_files_ssdu(recordings, tmp_path
     assert meta["streaming"] == shipped["streaming"] and meta["arch"] == shipped["arch"]
     t = meta["training"]
     assert t["data"] == "recorded: 2 file(s), 3 slice(s): one, stack"
-    assert t["loss"].startswith("SSDU") and t["init"].endswith("imunne_rt_small.safetensors") and t["steps"] == 2
+    assert t["loss"].startswith("SSDU") and "streamed" in t["loss"] and t["steps"] == 2
+    assert t["init"].endswith("imunne_rt_small.safetensors")
+    assert np.isfinite(t["val"][0]["stream_psnr"])                 # validated on the schedule it runs
     # supervised training on recorded files is refused up front
     r = subprocess.run(cmd[:-2] + ["--out", str(tmp_path / "sup")] + ["--supervision", "supervised"],
                        capture_output=True, text=True, timeout=120)

@@ -11,7 +11,7 @@ from recon_core.networks.flat import FLAT, flat_loss, flat_schedule, psnr_per_st
 from recon_core.networks.problem import Problem, make_problem
 from recon_core.networks.unrolled import build_model
 from recon_core.training.checkpoint import load_checkpoint, save_checkpoint
-from recon_core.training.ssdu import select_spokes, ssdu_loss, ssdu_split, ssdu_step
+from recon_core.training.ssdu import select_spokes, ssdu_loss, ssdu_split, ssdu_step, ssdu_streaming_loss
 from conftest import disc_scan
 
 DUNE_ARCH = {"channels": 4, "levels": 1, "unshuffle": 2, "eta": 0.5, "latent": 4, "iterations": 2}
@@ -318,6 +318,48 @@ def test_ssdu_step_gives_finite_gradients(tiny_scan, kind, arch):
     assert info["theta"].shape == (kspace.shape[0], 4)
     loss.backward()
     _assert_all_parameters_learn(model)
+
+
+def test_ssdu_streaming_loss_never_shows_lambda_to_the_network_and_learns(tiny_scan):
+    """The streamed images depend on Theta alone (changing the Lambda samples changes the loss,
+    not the images); the loss reaches every weight and a few steps lower it."""
+    kspace, coords, maps, _ = tiny_scan
+    model = _perturb(build_model("imunne", channels=4, levels=2, unshuffle=2, eta=0.5, max_iter=2)).train()
+    seed = lambda: torch.Generator().manual_seed(5)                             # noqa: E731
+    loss, info = ssdu_streaming_loss(model, kspace, coords, maps, 2, 1, 2, 0, 0.6, seed())
+    theta, lam = ssdu_split(kspace, coords, 0.6, seed())
+    assert torch.equal(info["theta"], theta)
+    spoiled = kspace.clone()
+    for t in range(kspace.shape[0]):
+        spoiled[t, :, lam[t]] *= 3.0
+    loss2, info2 = ssdu_streaming_loss(model, spoiled, coords, maps, 2, 1, 2, 0, 0.6, seed())
+    assert torch.allclose(info["x"], info2["x"]) and float(loss2.detach()) > float(loss.detach()) + 0.1
+    assert info["x"].shape == (kspace.shape[0],) + maps.shape[1:]
+    loss.backward()
+    _assert_all_parameters_learn(model)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    first = float(loss)
+    for _ in range(15):
+        opt.zero_grad()
+        ssdu_streaming_loss(model, kspace, coords, maps, 2, 1, 2, 0, 0.6, seed())[0].backward()
+        opt.step()
+    assert float(ssdu_streaming_loss(model, kspace, coords, maps, 2, 1, 2, 0, 0.6, seed())[0]) < 0.9 * first
+
+
+def test_contraction_penalty_finds_the_spectral_radius_and_trains_it_down():
+    from recon_core.training.train import contraction_penalty
+
+    gains = torch.tensor([0.3, 0.5, 0.97, 0.2], dtype=torch.complex64)          # eigenvalues of J
+    w = torch.tensor(1.0, requires_grad=True)
+    block = lambda x, _: w * gains[:, None, None] * x                           # noqa: E731  (linear)
+    x = torch.randn(4, 6, 6, dtype=torch.complex64)
+    penalty, radius = contraction_penalty(block, x, block(x, None), None, target=0.9, iterations=30)
+    assert abs(radius - 0.97) < 1e-3                                             # the largest |eigenvalue|
+    assert abs(float(penalty) - 0.07 ** 2) < 1e-4
+    penalty.backward()
+    assert float(w.grad) > 0                                                     # shrinking w lowers it
+    below, _ = contraction_penalty(block, x, block(x, None), None, target=0.99, iterations=30)
+    assert float(below) == 0.0
 
 
 # ---------------------------------------------------------------- training loop

@@ -55,14 +55,17 @@ def select_spokes(kspace: torch.Tensor, coords: torch.Tensor, idx: torch.Tensor)
 
 
 def ssdu_loss(x: torch.Tensor, kspace_lambda: torch.Tensor, coords_lambda: torch.Tensor, maps: torch.Tensor,
-              scale: float = 1.0) -> torch.Tensor:
-    """Normalised L1 + L2 between ``A_Lambda x`` and the weighted ``Lambda`` samples / ``scale``."""
+              scale: float = 1.0, per_frame: bool = False) -> torch.Tensor:
+    """Normalised L1 + L2 between ``A_Lambda x`` and the weighted ``Lambda`` samples / ``scale``
+    (``x (T, Y, X)``); ``per_frame``: each frame normalised by its own samples, then the mean
+    over frames (a stream's frames count alike whatever their signal)."""
     op = make_operator(coords_lambda, maps, toeplitz=False)
     y = op.weigh(flatten_kspace(kspace_lambda)) / scale
     r = op.forward(x) - y
-    l2 = r.abs().pow(2).sum().sqrt() / y.abs().pow(2).sum().sqrt().clamp_min(1e-30)
-    l1 = r.abs().sum() / y.abs().sum().clamp_min(1e-30)
-    return l1 + l2
+    dims = tuple(range(1, r.dim())) if per_frame else tuple(range(r.dim()))
+    l2 = r.abs().pow(2).sum(dims).sqrt() / y.abs().pow(2).sum(dims).sqrt().clamp_min(1e-30)
+    l1 = r.abs().sum(dims) / y.abs().sum(dims).clamp_min(1e-30)
+    return (l1 + l2).mean()
 
 
 def ssdu_step(model, kspace: torch.Tensor, coords: torch.Tensor, maps: torch.Tensor, fraction: float = 0.6,
@@ -80,3 +83,30 @@ def ssdu_step(model, kspace: torch.Tensor, coords: torch.Tensor, maps: torch.Ten
     if return_info:
         return loss, {**info, "theta": theta, "lambda": lam, "scale": problem.scale}
     return loss
+
+
+def ssdu_streaming_loss(model, kspace: torch.Tensor, coords: torch.Tensor, maps: torch.Tensor,
+                        window: int = 2, lookahead: int = 1, updates: int = 1, burn_in: int = 0,
+                        fraction: float = 0.6, generator: torch.Generator | None = None,
+                        cg_iterations: int = 3):
+    """SSDU on the streaming schedule: the clip ``kspace (T, C, S, R)``, ``coords (T, S, R, 2)``
+    is split per frame into Theta and Lambda (:func:`ssdu_split`), streamed on Theta exactly as
+    :func:`~recon_core.training.stream_schedule.streaming_outputs` replays the chain (windows,
+    look-ahead, warm start, ``updates`` per window), and every emitted frame after ``burn_in``
+    is scored on its own Lambda spokes (:func:`ssdu_loss`, mean over frames). This trains the
+    real-time model in the way it runs, where the window SSDU of :func:`ssdu_step` trains a
+    cold-started window the stream never sees. ``(loss, info)``."""
+    from ..networks.problem import FrameCache
+    from .stream_schedule import clip_scale, streaming_outputs
+
+    theta, lam = ssdu_split(kspace, coords, fraction, generator)
+    k_theta, c_theta = select_spokes(kspace, coords, theta)
+    k_lambda, c_lambda = select_spokes(kspace, coords, lam)
+    with torch.no_grad():
+        cache = FrameCache(k_theta, c_theta, maps, cg_iterations)
+    frames = range(kspace.shape[0])
+    scale = clip_scale(cache, 0)
+    x = streaming_outputs(model, cache, frames, window, lookahead, updates, scale)
+    b = min(burn_in, len(frames) - 1)
+    loss = ssdu_loss(x[b:], k_lambda[b:], c_lambda[b:], maps, scale, per_frame=True)
+    return loss, {"x": x.detach(), "scale": scale, "theta": theta, "lambda": lam}

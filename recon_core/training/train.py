@@ -66,6 +66,11 @@ class TrainConfig:
     flat_velocity_weight: float = 1.0
     # IMUNNE: weight of the fixed-point residual |R(x*) - x*| in the loss (0: plain JFB)
     fixed_point_weight: float = 0.0
+    # IMUNNE: weight of the contraction penalty relu(radius - contraction_target)^2, radius the
+    # spectral radius of dR/dx at the fixed point (power iteration; contraction_penalty): keeps
+    # plain iteration converging there, so more iterations do not drift (0: off)
+    contraction_weight: float = 0.0
+    contraction_target: float = 0.9
     # k-space noise augmentation: each window gets complex Gaussian noise of a level drawn
     # uniformly in [0, noise_augment] x its k-space RMS (0: off; the CG start is then recomputed)
     noise_augment: float = 0.0
@@ -98,13 +103,19 @@ class TrainConfig:
         """The loss in words, for the YAML."""
         if self.supervision == "ssdu":
             terms = [f"SSDU k-space loss on held-out spokes ({1 - self.ssdu_fraction:.0%} per frame), no reference"]
+            if self.stream_weight > 0:
+                terms = [f"SSDU k-space loss on held-out spokes ({1 - self.ssdu_fraction:.0%} per frame) of the "
+                         f"frames streamed on the rest, no reference"]
         elif self.model == "flat":
             terms = [f"flow-aligned velocity (weight {self.flat_velocity_weight:g}) + final complex L1"]
         else:
             terms = ["complex L1 vs the reference" + (" (JFB)" if self.model == "imunne" else "")]
+        if self.contraction_weight > 0 and self.model == "imunne":
+            terms.append(f"contraction penalty (spectral radius above {self.contraction_target:g}) "
+                         f"x {self.contraction_weight:g}")
         if self.window_weight <= 0:
-            terms = []
-        if self.stream_weight > 0:
+            terms = [] if self.supervision != "ssdu" else terms
+        if self.stream_weight > 0 and self.supervision != "ssdu":
             terms.append(f"streaming schedule (window {self.stream_window}, look-ahead {self.stream_lookahead}, "
                          f"{self.stream_updates} updates) x {self.stream_weight:g}")
         return " + ".join(terms)
@@ -239,7 +250,36 @@ def training_loss(cfg: TrainConfig, model, k, c, m, target, step: int = 0, probl
         # x = R(x*) with gradients: penalising |R(x*) - x*| makes x* a fixed point in fact,
         # i.e. keeps the learned map contractive enough for iterations beyond training's
         loss = loss + cfg.fixed_point_weight * (x - info["x_star"]).abs().mean()
+    if cfg.model == "imunne" and cfg.contraction_weight and "x_star" in info:
+        penalty, info["radius"] = contraction_penalty(model.block, info["x_star"], x, problem, cfg.contraction_target,
+                                                      seed=step * 7919 + sample)
+        loss = loss + cfg.contraction_weight * penalty
     return loss, info
+
+
+def contraction_penalty(block, x: torch.Tensor, fx: torch.Tensor, problem, target: float = 0.9,
+                        iterations: int = 8, seed: int = 0) -> torch.Tensor:
+    """``relu(|J v| - target)^2`` for ``fx = block(x, problem)``, ``J = dR/dx`` at ``x`` and
+    ``v`` (unit norm) its dominant direction, found by ``iterations`` steps of power iteration
+    without gradients; ``|J v|`` is then taken differentiably, by a finite difference through
+    the block. ``|J v|`` estimates the spectral radius of ``J`` at the fixed point, which decides
+    whether plain iteration converges there and how fast (the error shrinks like radius^k):
+    the penalty keeps it below ``target`` (cf. Bai et al. 2021, who penalise ``||J||_F``;
+    here the largest eigenvalue is what the inference loop's convergence depends on).
+    ``x``, ``fx``: ``(T, Y, X)`` complex, ``fx`` with gradients to the parameters. Returns
+    ``(penalty, radius)``, the radius as a float."""
+    g = torch.Generator().manual_seed(int(seed))
+    x0, f0 = x.detach(), fx.detach()
+    eps = 1e-2 * float(x0.abs().pow(2).sum().sqrt().clamp_min(1e-12))
+    v = torch.complex(torch.randn(x0.shape, generator=g), torch.randn(x0.shape, generator=g)).to(x0)
+    with torch.no_grad():
+        for _ in range(iterations):
+            v = v / v.abs().pow(2).sum().sqrt().clamp_min(1e-30)
+            v = (block(x0 + eps * v, problem) - f0) / eps
+    v = v / v.abs().pow(2).sum().sqrt().clamp_min(1e-30)
+    jv = (block(x0 + eps * v, problem) - fx) / eps
+    radius = jv.abs().pow(2).sum().sqrt()
+    return torch.relu(radius - target).pow(2), float(radius.detach())
 
 
 def tqdm_or_list(items, progress, desc):
@@ -310,7 +350,17 @@ class StepLoss(torch.nn.Module):
                 loss = torch.zeros((), device=self.device)
             term = cfg.window_weight * loss
             window_losses.append(loss.detach())
-            if cfg.stream_weight > 0:
+            if cfg.stream_weight > 0 and cfg.supervision == "ssdu":
+                from .ssdu import ssdu_streaming_loss
+                clip = min(cfg.stream_clip, scan["kspace"].shape[0])
+                k, c, m, _ = _tensors(scan, self.device, slice(s.clip_start, s.clip_start + clip))
+                gen = torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + int(step) + int(s.index) * 100_000_007)
+                s_loss, _ = ssdu_streaming_loss(self.model, k, c, m, cfg.stream_window, cfg.stream_lookahead,
+                                                cfg.stream_updates, cfg.stream_burn_in, cfg.ssdu_fraction, gen,
+                                                cfg.cg_start_iterations)
+                term = term + cfg.stream_weight * s_loss
+                stream_losses.append(s_loss.detach())
+            elif cfg.stream_weight > 0:
                 clip = min(cfg.stream_clip, scan["kspace"].shape[0])
                 frames = range(s.clip_start, s.clip_start + clip)
                 s_loss, _ = streaming_loss(self.model, self.caches[s.which], frames,
@@ -379,7 +429,7 @@ def train(cfg: TrainConfig, train_paths, val_paths, out_dir: str, resume: bool =
     if cfg.batch < 1:
         raise ValueError(f"batch={cfg.batch}: expected at least 1 window per step")
     if cfg.stream_weight > 0:
-        if caches is None:
+        if caches is None and cfg.supervision != "ssdu":
             raise ValueError("stream_weight > 0 needs the per-frame cache: supervised training without "
                              "noise augmentation (supervision='supervised', noise_augment=0)")
         if cfg.model != "imunne":
@@ -449,6 +499,8 @@ def train(cfg: TrainConfig, train_paths, val_paths, out_dir: str, resume: bool =
         if bar is not None:
             bar.update(1)
             postfix = {"loss": f"{np.mean(losses[-20:]):.4f}", "it": info["iterations"]}
+            if "radius" in info:
+                postfix["radius"] = f"{info['radius']:.3f}"
             if stream_losses:
                 postfix["stream"] = f"{np.mean(stream_losses[-20:]):.4f}"
             bar.set_postfix(postfix)
