@@ -73,6 +73,11 @@ def add_parser(sub):
                    help="IMUNNE: weight of the penalty on the spectral radius of dR/dx at the fixed point "
                         "above --contraction-target (keeps plain iteration converging there)")
     p.add_argument("--contraction-target", type=float, default=0.9)
+    p.add_argument("--anchor-scans", type=int, default=0,
+                   help="with recorded --data and --supervision ssdu: also train on this many simulated scans "
+                        "of the train split with their supervised loss, so that fine-tuning keeps what the "
+                        "simulator taught")
+    p.add_argument("--anchor-data", default="runs/data", help="the simulator's folder for --anchor-scans")
     p.add_argument("--noise-augment", type=float, default=0.0,
                    help="add k-space noise to each training window, level uniform in [0, this] x RMS")
     p.add_argument("--stream-weight", type=float, default=0.0,
@@ -142,6 +147,11 @@ def _run(args, device, distributed) -> int:
         used = sorted({os.path.basename(p).rsplit("_s", 1)[0] for p in train_paths})
         data = f"recorded: {len(used)} file(s), {len(train_paths)} slice(s): " + ", ".join(used[:8]) + \
             (", ..." if len(used) > 8 else "")
+        if args.anchor_scans:
+            anchors = built("train", lambda show: _split(build_split, args.anchor_data, "train", args.anchor_scans,
+                                                         show))
+            train_paths = train_paths + anchors
+            data += f"; anchored by {len(anchors)} simulated scans of the train split ({args.anchor_data}), supervised"
     else:
         train_paths = built("train", lambda show: _split(build_split, simulator, "train", args.train_scans, show))
         data = f"simulated: {len(train_paths)} scans of the train split ({simulator})"
@@ -165,7 +175,8 @@ def _run(args, device, distributed) -> int:
                       noise_augment=args.noise_augment, stream_weight=args.stream_weight,
                       stream_window=args.stream_window, stream_lookahead=args.stream_lookahead,
                       stream_updates=args.stream_updates, stream_clip=args.stream_clip,
-                      stream_burn_in=args.stream_burn_in, window_weight=args.window_weight)
+                      stream_burn_in=args.stream_burn_in, window_weight=args.window_weight,
+                      anchor=bool(recorded and args.anchor_scans))
     for key, value in finetune.items():          # the fine-tuned model's architecture and schedule
         setattr(cfg, key, value)
     history = train(cfg, train_paths, val_paths, out, resume=not args.fresh)

@@ -68,6 +68,17 @@ def test_finetune_the_realtime_model_on_recorded_files_ssdu(recordings, tmp_path
     assert t["loss"].startswith("SSDU") and "streamed" in t["loss"] and t["steps"] == 2
     assert t["init"].endswith("imunne_rt_small.safetensors")
     assert np.isfinite(t["val"][0]["stream_psnr"])                 # validated on the schedule it runs
+    # anchored by simulated scans (supervised) while the recorded ones train by SSDU
+    from recon_core.training.data import build_split
+    sim = tmp_path / "sim"
+    build_split(str(sim), "train", 2, frames=6, matrix=48)
+    anchored = [a if a != str(out) else str(tmp_path / "anch") for a in cmd] + [
+        "--anchor-scans", "2", "--anchor-data", str(sim), "--batch", "4"]
+    r = subprocess.run(anchored, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    t = yaml.safe_load(open(tmp_path / "anch" / "model.yaml"))["training"]
+    assert t["data"].endswith(f"anchored by 2 simulated scans of the train split ({sim}), supervised")
+    assert "simulated anchor scans: supervised streaming schedule" in t["loss"]
     # supervised training on recorded files is refused up front
     r = subprocess.run(cmd[:-2] + ["--out", str(tmp_path / "sup")] + ["--supervision", "supervised"],
                        capture_output=True, text=True, timeout=120)

@@ -19,6 +19,7 @@ import os
 import resource
 import time
 from dataclasses import asdict, dataclass, field
+from dataclasses import replace as _replace
 
 import numpy as np
 import torch
@@ -90,6 +91,9 @@ class TrainConfig:
     # model's YAML: a fine-tuned real-time model still runs the schedule it was made for
     streaming: dict = field(default_factory=dict)
     data: str = ""               # provenance, into the YAML: what the scans were
+    # with supervision="ssdu": scans that carry a target (simulated anchors among recorded
+    # scans) keep the supervised loss; only those without one are trained by SSDU
+    anchor: bool = False
 
     def streaming_schedule(self) -> dict | None:
         """The schedule a real-time model is trained for (streaming loss alone) or inherits
@@ -106,6 +110,9 @@ class TrainConfig:
             if self.stream_weight > 0:
                 terms = [f"SSDU k-space loss on held-out spokes ({1 - self.ssdu_fraction:.0%} per frame) of the "
                          f"frames streamed on the rest, no reference"]
+            if self.anchor:
+                terms[0] += "; simulated anchor scans: supervised" + (" streaming schedule" if self.stream_weight > 0
+                                                                      else " complex L1")
         elif self.model == "flat":
             terms = [f"flow-aligned velocity (weight {self.flat_velocity_weight:g}) + final complex L1"]
         else:
@@ -339,18 +346,22 @@ class StepLoss(torch.nn.Module):
             scan = self.scans[s.which]
             window = slice(s.first, s.first + cfg.window)
             k, c, m, target = _tensors(scan, self.device, window)
-            problem = self.caches[s.which].problem(window) if self.caches is not None else None
+            cache = self.caches[s.which] if self.caches is not None else None
+            problem = cache.problem(window) if cache is not None else None
             if cfg.noise_augment > 0:
                 k = torch.from_numpy(add_kspace_noise(k.cpu().numpy(), s.noise_level,
                                                       seed=step + s.index * 10_000_019)).to(self.device)
                 problem = None                      # built from the noisy k-space by training_loss
+            own = cfg
+            if cfg.anchor and target is not None:    # a simulated anchor among recorded scans: supervised
+                own = _replace(cfg, supervision="supervised")
             if cfg.window_weight > 0:
-                loss, info = training_loss(cfg, self.model, k, c, m, target, step, problem, sample=s.index)
+                loss, info = training_loss(own, self.model, k, c, m, target, step, problem, sample=s.index)
             else:                                   # streaming schedule only: no window loss
                 loss = torch.zeros((), device=self.device)
             term = cfg.window_weight * loss
             window_losses.append(loss.detach())
-            if cfg.stream_weight > 0 and cfg.supervision == "ssdu":
+            if cfg.stream_weight > 0 and own.supervision == "ssdu":
                 from .ssdu import ssdu_streaming_loss
                 clip = min(cfg.stream_clip, scan["kspace"].shape[0])
                 k, c, m, _ = _tensors(scan, self.device, slice(s.clip_start, s.clip_start + clip))
@@ -412,11 +423,15 @@ def train(cfg: TrainConfig, train_paths, val_paths, out_dir: str, resume: bool =
         raise ValueError(f"{len(short)} training scan(s) have fewer frames than the window ({cfg.window}), "
                          f"e.g. {short[0]}")
     caches = None
-    if cfg.supervision == "supervised" and not cfg.noise_augment:
+    if (cfg.supervision == "supervised" or cfg.anchor) and not cfg.noise_augment:
         # per-frame kernels, A^H y and CG starts once per scan: a training window then costs no NUFFT
+        # (with anchors: for the supervised scans only)
         caches = []
         with torch.no_grad():
             for scan in (tqdm_or_list(scans, progress, "cache")):
+                if cfg.supervision != "supervised" and "target" not in scan:
+                    caches.append(None)
+                    continue
                 k, c, m, _ = _tensors(scan, device)
                 caches.append(FrameCache(k, c, m, cfg.cg_start_iterations))
     val = [load_scan(p) for p in val_paths[:cfg.val_scans]] if main else []
