@@ -138,6 +138,9 @@ def _run(args, device, distributed) -> int:
         return result if main else make(False)
 
     simulator = "runs/data" if recorded else args.data[0]
+    if args.anchor_scans and not (recorded and args.supervision == "ssdu"):
+        raise SystemExit("rtcine train: --anchor-scans anchors an SSDU fine-tune on recorded .h5 files "
+                         "(--data FILES --supervision ssdu); simulated --data is supervised already")
     if recorded:
         if args.supervision != "ssdu":
             raise SystemExit("rtcine train: recorded scans carry no ground truth; train on them with "
@@ -176,7 +179,7 @@ def _run(args, device, distributed) -> int:
                       stream_window=args.stream_window, stream_lookahead=args.stream_lookahead,
                       stream_updates=args.stream_updates, stream_clip=args.stream_clip,
                       stream_burn_in=args.stream_burn_in, window_weight=args.window_weight,
-                      anchor=bool(recorded and args.anchor_scans))
+                      anchor=bool(args.anchor_scans))
     for key, value in finetune.items():          # the fine-tuned model's architecture and schedule
         setattr(cfg, key, value)
     history = train(cfg, train_paths, val_paths, out, resume=not args.fresh)

@@ -79,6 +79,10 @@ def test_finetune_the_realtime_model_on_recorded_files_ssdu(recordings, tmp_path
     t = yaml.safe_load(open(tmp_path / "anch" / "model.yaml"))["training"]
     assert t["data"].endswith(f"anchored by 2 simulated scans of the train split ({sim}), supervised")
     assert "simulated anchor scans: supervised streaming schedule" in t["loss"]
+    # anchors belong to an SSDU fine-tune on recorded files; elsewhere they are refused
+    r = subprocess.run([sys.executable, "-m", "rtcine", "train", "--data", str(sim), "--anchor-scans", "2",
+                        "--out", str(tmp_path / "no")], capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "--anchor-scans anchors an SSDU fine-tune on recorded .h5 files" in r.stderr
     # supervised training on recorded files is refused up front
     r = subprocess.run(cmd[:-2] + ["--out", str(tmp_path / "sup")] + ["--supervision", "supervised"],
                        capture_output=True, text=True, timeout=120)

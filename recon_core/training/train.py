@@ -19,7 +19,6 @@ import os
 import resource
 import time
 from dataclasses import asdict, dataclass, field
-from dataclasses import replace as _replace
 
 import numpy as np
 import torch
@@ -103,26 +102,32 @@ class TrainConfig:
             return {"window": self.stream_window, "lookahead": self.stream_lookahead, "updates": self.stream_updates}
         return dict(self.streaming) if self.model == "imunne" and self.streaming else None
 
+    def uses_ssdu(self, has_target: bool) -> bool:
+        """Whether a scan is trained by SSDU: with ``supervision="ssdu"``, every scan, except
+        those carrying a target when ``anchor`` is set (simulated anchors keep their supervised loss)."""
+        return self.supervision == "ssdu" and not (self.anchor and has_target)
+
     def loss_description(self) -> str:
         """The loss in words, for the YAML."""
         if self.supervision == "ssdu":
-            terms = [f"SSDU k-space loss on held-out spokes ({1 - self.ssdu_fraction:.0%} per frame), no reference"]
+            held_out = f"SSDU k-space loss on held-out spokes ({1 - self.ssdu_fraction:.0%} per frame)"
+            terms = [f"{held_out}, no reference"] if self.window_weight > 0 else []
             if self.stream_weight > 0:
-                terms = [f"SSDU k-space loss on held-out spokes ({1 - self.ssdu_fraction:.0%} per frame) of the "
-                         f"frames streamed on the rest, no reference"]
+                terms.append(f"{held_out} of the frames streamed on the rest, no reference")
             if self.anchor:
-                terms[0] += "; simulated anchor scans: supervised" + (" streaming schedule" if self.stream_weight > 0
-                                                                      else " complex L1")
-        elif self.model == "flat":
+                terms.append("simulated anchor scans: supervised " +
+                             ("streaming schedule" if self.stream_weight > 0 else "complex L1"))
+            return " + ".join(terms)
+        if self.model == "flat":
             terms = [f"flow-aligned velocity (weight {self.flat_velocity_weight:g}) + final complex L1"]
         else:
             terms = ["complex L1 vs the reference" + (" (JFB)" if self.model == "imunne" else "")]
-        if self.contraction_weight > 0 and self.model == "imunne":
-            terms.append(f"contraction penalty (spectral radius above {self.contraction_target:g}) "
-                         f"x {self.contraction_weight:g}")
+            if self.contraction_weight > 0 and self.model == "imunne":
+                terms.append(f"contraction penalty (spectral radius above {self.contraction_target:g}) "
+                             f"x {self.contraction_weight:g}")
         if self.window_weight <= 0:
-            terms = [] if self.supervision != "ssdu" else terms
-        if self.stream_weight > 0 and self.supervision != "ssdu":
+            terms = []
+        if self.stream_weight > 0:
             terms.append(f"streaming schedule (window {self.stream_window}, look-ahead {self.stream_lookahead}, "
                          f"{self.stream_updates} updates) x {self.stream_weight:g}")
         return " + ".join(terms)
@@ -238,12 +243,12 @@ def training_loss(cfg: TrainConfig, model, k, c, m, target, step: int = 0, probl
       final complex L1);
     - otherwise (imunne, altun, cunet, dune): complex L1 against the target, as always.
     """
-    if cfg.supervision == "ssdu":
-        from .ssdu import ssdu_step
-        gen = torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + int(step) + int(sample) * 100_000_007)
-        return ssdu_step(model, k, c, m, cfg.ssdu_fraction, gen, cfg.cg_start_iterations, return_info=True)
-    if cfg.supervision != "supervised":
+    if cfg.supervision not in ("supervised", "ssdu"):
         raise ValueError(f"supervision={cfg.supervision!r}: expected 'supervised' or 'ssdu'")
+    if cfg.uses_ssdu(target is not None):
+        from .ssdu import ssdu_step
+        return ssdu_step(model, k, c, m, cfg.ssdu_fraction, ssdu_generator(cfg, step, sample),
+                         cfg.cg_start_iterations, return_info=True)
     if problem is None:
         with torch.no_grad():
             problem = make_problem(k, c, m, cg_iterations=cfg.cg_start_iterations)
@@ -264,8 +269,14 @@ def training_loss(cfg: TrainConfig, model, k, c, m, target, step: int = 0, probl
     return loss, info
 
 
+def ssdu_generator(cfg: TrainConfig, step: int, sample: int) -> torch.Generator:
+    """The generator of a window's SSDU split, seeded by ``(seed, step, sample)`` alone, so a
+    resumed run, or another rank, draws the same split."""
+    return torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + int(step) + int(sample) * 100_000_007)
+
+
 def contraction_penalty(block, x: torch.Tensor, fx: torch.Tensor, problem, target: float = 0.9,
-                        iterations: int = 8, seed: int = 0) -> torch.Tensor:
+                        iterations: int = 8, seed: int = 0) -> tuple[torch.Tensor, float]:
     """``relu(|J v| - target)^2`` for ``fx = block(x, problem)``, ``J = dR/dx`` at ``x`` and
     ``v`` (unit norm) its dominant direction, found by ``iterations`` steps of power iteration
     without gradients; ``|J v|`` is then taken differentiably, by a finite difference through
@@ -352,32 +363,26 @@ class StepLoss(torch.nn.Module):
                 k = torch.from_numpy(add_kspace_noise(k.cpu().numpy(), s.noise_level,
                                                       seed=step + s.index * 10_000_019)).to(self.device)
                 problem = None                      # built from the noisy k-space by training_loss
-            own = cfg
-            if cfg.anchor and target is not None:    # a simulated anchor among recorded scans: supervised
-                own = _replace(cfg, supervision="supervised")
             if cfg.window_weight > 0:
-                loss, info = training_loss(own, self.model, k, c, m, target, step, problem, sample=s.index)
+                loss, info = training_loss(cfg, self.model, k, c, m, target, step, problem, sample=s.index)
             else:                                   # streaming schedule only: no window loss
                 loss = torch.zeros((), device=self.device)
             term = cfg.window_weight * loss
             window_losses.append(loss.detach())
-            if cfg.stream_weight > 0 and own.supervision == "ssdu":
-                from .ssdu import ssdu_streaming_loss
+            if cfg.stream_weight > 0:
                 clip = min(cfg.stream_clip, scan["kspace"].shape[0])
-                k, c, m, _ = _tensors(scan, self.device, slice(s.clip_start, s.clip_start + clip))
-                gen = torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + int(step) + int(s.index) * 100_000_007)
-                s_loss, _ = ssdu_streaming_loss(self.model, k, c, m, cfg.stream_window, cfg.stream_lookahead,
-                                                cfg.stream_updates, cfg.stream_burn_in, cfg.ssdu_fraction, gen,
-                                                cfg.cg_start_iterations)
-                term = term + cfg.stream_weight * s_loss
-                stream_losses.append(s_loss.detach())
-            elif cfg.stream_weight > 0:
-                clip = min(cfg.stream_clip, scan["kspace"].shape[0])
-                frames = range(s.clip_start, s.clip_start + clip)
-                s_loss, _ = streaming_loss(self.model, self.caches[s.which], frames,
-                                           torch.from_numpy(scan["target"][frames.start:frames.stop]).to(self.device),
-                                           cfg.stream_window, cfg.stream_lookahead, cfg.stream_updates,
-                                           min(cfg.stream_burn_in, clip - 1))
+                frames = slice(s.clip_start, s.clip_start + clip)
+                burn_in = min(cfg.stream_burn_in, clip - 1)
+                if cfg.uses_ssdu(target is not None):
+                    from .ssdu import ssdu_streaming_loss
+                    kc, cc, mc, _ = _tensors(scan, self.device, frames)
+                    s_loss, _ = ssdu_streaming_loss(self.model, kc, cc, mc, cfg.stream_window, cfg.stream_lookahead,
+                                                    cfg.stream_updates, burn_in, cfg.ssdu_fraction,
+                                                    ssdu_generator(cfg, step, s.index), cfg.cg_start_iterations)
+                else:
+                    s_loss, _ = streaming_loss(self.model, cache, range(frames.start, frames.stop),
+                                               torch.from_numpy(scan["target"][frames]).to(self.device),
+                                               cfg.stream_window, cfg.stream_lookahead, cfg.stream_updates, burn_in)
                 term = term + cfg.stream_weight * s_loss
                 stream_losses.append(s_loss.detach())
             total = total + term / len(samples)
@@ -429,7 +434,7 @@ def train(cfg: TrainConfig, train_paths, val_paths, out_dir: str, resume: bool =
         caches = []
         with torch.no_grad():
             for scan in (tqdm_or_list(scans, progress, "cache")):
-                if cfg.supervision != "supervised" and "target" not in scan:
+                if cfg.uses_ssdu("target" in scan):
                     caches.append(None)
                     continue
                 k, c, m, _ = _tensors(scan, device)
