@@ -4,9 +4,14 @@ does it stay where it converged (no divergence, no slow drift into the noise)?
     python benchmarks/fixed_point_curve.py --model imunne=recon_core/models/imunne_small.safetensors \
         [--model new=runs/imunne_v2/model.safetensors] [--data runs/data --split test --scans 4] \
         [--iterations 100] [--png curve.png] [--json out.json]
+    python benchmarks/fixed_point_curve.py --model ... --suite runs/shifted --part val
+
+``--suite`` takes the scans of a shifted suite's part (``rtcine suite build``) through the
+chain's input stages instead of the simulator's prepared ``.npz`` scans.
 
 Each scan is one window of its first ``--frames`` frames, started from the CG-SENSE start
-(3 iterations) as at inference, iterated plainly ``x_{k+1} = R(x_k)``; the PSNR (magnitude,
+(3 iterations) as at inference, iterated plainly ``x_{k+1} = R(x_k)`` (the model's own
+update: anchored at the start if it was trained so); the PSNR (magnitude,
 least-squares scaled, mean over frames, then over scans) and the relative change
 ``||x_{k+1} - x_k|| / ||x_k||`` are recorded after every iteration. The CG-SENSE row (8
 iterations) is the reference a network must beat.
@@ -46,7 +51,7 @@ def curve(model, scans, iterations: int, frames: int) -> dict:
                 row.append(np.mean([psnr(a, b) for a, b in zip(img, ref)]))
                 if it == iterations:
                     break
-                nxt = model.block(x, problem)
+                nxt = model.update(x, problem) if hasattr(model, "update") else model.block(x, problem)
                 ch.append(float((nxt - x).abs().norm() / x.abs().norm().clamp_min(1e-12)))
                 x = nxt
             psnrs.append(row)
@@ -73,16 +78,26 @@ def main(argv=None) -> int:
     ap.add_argument("--model", action="append", required=True, metavar="NAME=PATH")
     ap.add_argument("--data", default="runs/data")
     ap.add_argument("--split", default="test")
+    ap.add_argument("--suite", help="a shifted suite's folder: score its --part's .h5 scans instead")
+    ap.add_argument("--part", default="val")
     ap.add_argument("--scans", type=int, default=4)
     ap.add_argument("--frames", type=int, default=8)
     ap.add_argument("--iterations", type=int, default=100)
     ap.add_argument("--png")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
-    files = sorted(glob.glob(os.path.join(args.data, f"{args.split}_*.npz")))[:args.scans]
-    if not files:
-        raise SystemExit(f"no {args.split}_*.npz scans in {args.data}")
-    scans = [load_scan(f) for f in files]
+    if args.suite:
+        from rtcine.suite_compare import load_scan_file
+        files = sorted(glob.glob(os.path.join(args.suite, args.part, "*.h5")))[:args.scans]
+        if not files:
+            raise SystemExit(f"no .h5 scans in {os.path.join(args.suite, args.part)}")
+        scans = [load_scan_file(f) for f in files]
+        args.split = f"{os.path.basename(os.path.normpath(args.suite))}/{args.part}"
+    else:
+        files = sorted(glob.glob(os.path.join(args.data, f"{args.split}_*.npz")))[:args.scans]
+        if not files:
+            raise SystemExit(f"no {args.split}_*.npz scans in {args.data}")
+        scans = [load_scan(f) for f in files]
     result = {"split": args.split, "scans": len(scans), "frames": args.frames,
               "cgsense_psnr": cgsense(scans, args.frames), "models": {}}
     print(f"{args.split}: {len(scans)} scans x {args.frames} frames; CG-SENSE (8 it.) {result['cgsense_psnr']:.2f} dB")

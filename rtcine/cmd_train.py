@@ -53,6 +53,10 @@ def add_parser(sub):
     p.add_argument("--tol", type=float, default=1e-2)
     p.add_argument("--anderson", type=int, default=0,
                    help="IMUNNE: Anderson acceleration memory for the fixed point (0: plain iteration)")
+    p.add_argument("--start-weight", type=float, default=0.0,
+                   help="IMUNNE: fixed point of (1 - w) R(x) + w x0, anchored at the CG-SENSE start x0: "
+                        "iteration contracts by at least 1 - w per step, so it converges instead of "
+                        "drifting (0: the fixed point of R)")
     p.add_argument("--blocks", type=int, default=4, help="Alt-UN blocks, DUNE iterations, FLAT steps")
     p.add_argument("--supervision", choices=("supervised", "ssdu"), default="supervised",
                    help="loss: against the reference, or self-supervised by spoke splitting (SSDU)")
@@ -166,7 +170,8 @@ def _run(args, device, distributed) -> int:
         val_paths = built("val", lambda show: _split(build_split, simulator, "val", args.val_scans, show))
     cfg = TrainConfig(model=model, channels=args.channels, levels=args.levels, max_iter=args.max_iter,
                       noise_input=args.noise_input,
-                      tol=args.tol, anderson=args.anderson, blocks=args.blocks, window=args.window,
+                      tol=args.tol, anderson=args.anderson, start_weight=args.start_weight,
+                      blocks=args.blocks, window=args.window,
                       batch=args.batch, steps=args.steps, lr=args.lr,
                       validate_every=args.validate_every, checkpoint_every=args.checkpoint_every,
                       device=device, init=args.init, data=data,

@@ -161,3 +161,30 @@ def test_noise_input_network_sees_the_noise_level_and_starts_as_its_initialisati
     assert (low - high).abs().max() > 1e-3
     with pytest.raises(ValueError, match="noise level"):
         noisy.block.net(problem.x0[None])
+
+
+def test_imunne_anchored_at_its_start_iterates_the_blended_map_and_keeps_it_in_its_file(tmp_path):
+    """start_weight w: the iterated map is (1 - w) R(x) + w x0, and a saved model keeps w."""
+    from recon_core.networks.problem import make_problem
+    from recon_core.networks.unrolled import build_model
+    from recon_core.training.checkpoint import load_checkpoint, save_checkpoint
+    from conftest import disc_scan
+
+    kspace, coords, maps, _ = disc_scan(16, 3, 2, 7)
+    problem = make_problem(kspace, coords, maps)
+    torch.manual_seed(0)
+    arch = {"channels": 4, "levels": 1, "unshuffle": 2, "eta": 0.5, "max_iter": 3, "start_weight": 0.25}
+    model = build_model("imunne", **arch).eval()
+    x = torch.randn_like(problem.x0)
+    with torch.no_grad():
+        assert torch.allclose(model.update(x, problem), 0.75 * model.block(x, problem) + 0.25 * problem.x0)
+        expected = problem.x0
+        for _ in range(3):
+            expected = model.update(expected, problem)
+        out, _ = model(problem, tol=0.0)
+    assert torch.allclose(out, expected, atol=1e-6)
+    save_checkpoint(str(tmp_path / "m"), model, "imunne", arch, {"note": "test"})
+    loaded, meta, _ = load_checkpoint(str(tmp_path / "m.safetensors"))
+    assert loaded.start_weight == 0.25
+    with pytest.raises(ValueError, match="start_weight"):
+        build_model("imunne", **{**arch, "start_weight": 1.0})

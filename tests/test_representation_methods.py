@@ -272,6 +272,44 @@ def test_untrained_flat_is_gradient_descent(tiny_problem):
     assert torch.allclose(out, x, atol=1e-5)
 
 
+class _StopAfter:
+    """A deadline that says "time is up" from its ``n``-th question on."""
+
+    def __init__(self, n):
+        self.n, self.asked = n, 0
+
+    def __call__(self):
+        self.asked += 1
+        return self.asked >= self.n
+
+
+def test_flat_under_a_deadline_jumps_to_the_end_of_the_flow(tiny_problem):
+    """Cut after one step of four: the second step crosses [t_1, 0] at once, so the image is
+    the flow's end-point estimate x_1 - t_1 v(x_1, t_1), and the untrained network (gradient
+    descent) is then the same as one step of 3 eta."""
+    problem, _ = tiny_problem
+    model = build_model("flat", **FLAT_ARCH).eval()
+    with torch.no_grad():
+        out, info = model(problem, deadline=_StopAfter(1))
+        x1 = problem.x0 - FLAT_ARCH["eta"] * problem.gradient(problem.x0)
+        expected = x1 - (FLAT_ARCH["steps"] - 1) * FLAT_ARCH["eta"] * problem.gradient(x1)
+    assert info["iterations"] == 2 and info["times"][-1] == 0.0 and not info["converged"]
+    assert torch.allclose(out, expected, atol=1e-5)
+    with torch.no_grad():
+        _, full = model(problem, deadline=_StopAfter(10))
+    assert full["iterations"] == FLAT_ARCH["steps"] and full["converged"]
+
+
+def test_dune_under_a_deadline_decodes_after_fewer_iterations(tiny_problem):
+    problem, _ = tiny_problem
+    model = _perturb(build_model("dune", **DUNE_ARCH)).eval()
+    with torch.no_grad():
+        cut, info = model(problem, deadline=_StopAfter(1))
+        one, _ = model(problem, iterations=1)
+    assert info["iterations"] == 1 and not info["converged"]
+    assert torch.allclose(cut, one, atol=1e-6)
+
+
 # ---------------------------------------------------------------- SSDU
 
 @pytest.mark.parametrize("spokes,fraction,n_theta", [(9, 0.6, 5), (13, 0.6, 8), (9, 0.4, 4), (9, 0.01, 1),
@@ -324,6 +362,7 @@ def test_ssdu_streaming_loss_never_shows_lambda_to_the_network_and_learns(tiny_s
     """The streamed images depend on Theta alone (changing the Lambda samples changes the loss,
     not the images); the loss reaches every weight and a few steps lower it."""
     kspace, coords, maps, _ = tiny_scan
+    torch.manual_seed(0)                        # the initial weights, whatever ran before
     model = _perturb(build_model("imunne", channels=4, levels=2, unshuffle=2, eta=0.5, max_iter=2)).train()
     seed = lambda: torch.Generator().manual_seed(5)                             # noqa: E731
     loss, info = ssdu_streaming_loss(model, kspace, coords, maps, 2, 1, 2, 0, 0.6, seed())
@@ -333,7 +372,7 @@ def test_ssdu_streaming_loss_never_shows_lambda_to_the_network_and_learns(tiny_s
     for t in range(kspace.shape[0]):
         spoiled[t, :, lam[t]] *= 3.0
     loss2, info2 = ssdu_streaming_loss(model, spoiled, coords, maps, 2, 1, 2, 0, 0.6, seed())
-    assert torch.allclose(info["x"], info2["x"]) and float(loss2.detach()) > float(loss.detach()) + 0.1
+    assert torch.allclose(info["x"], info2["x"]) and abs(float(loss2.detach()) - float(loss.detach())) > 0.02 * float(loss.detach())
     assert info["x"].shape == (kspace.shape[0],) + maps.shape[1:]
     loss.backward()
     _assert_all_parameters_learn(model)

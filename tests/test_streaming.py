@@ -87,6 +87,28 @@ def test_warm_start_beats_cold_start_at_the_same_iteration_budget(small_file):
     assert psnr[True] > psnr[False] + 0.4, psnr
 
 
+def test_flat_warm_start_takes_half_the_steps_and_gains(small_file):
+    """The shipped FLAT, 2-frame windows with 1 frame of look-ahead: entering the flow
+    half-way between each frame's CG-SENSE start and the previous estimate takes 2 of its 4
+    steps per window and gives a better image than 4 steps from CG-SENSE in every window
+    (+0.43 dB on this scan; +1.03 dB over the 5 shifted-suite
+    val files)."""
+    from recon_core.evaluation import score
+    from recon_core.mrd import read_images
+    from recon_core.simulate import REFERENCE_GROUP
+
+    reference = np.stack([image_frame(i) for i in read_images(small_file, REFERENCE_GROUP)])
+    psnr, steps = {}, {}
+    for warm in (True, False):
+        s = replay(small_file, _cfg("", recon="flat", window=2, lookahead=1, warm_start=warm))
+        images = np.stack([image_frame(i) for i in s["images_list"]])
+        assert len(images) == 16 and not s.get("fallback"), s.get("fallback")
+        psnr[warm] = score(images, reference, roi=True)["mean"]["psnr"]
+        steps[warm] = s["iterations_mean"]
+    assert steps[False] == 4 and steps[True] < 2.2, steps
+    assert psnr[True] > psnr[False] + 0.2, psnr
+
+
 def test_overload_skip_accounts_for_every_frame(small_file):
     """Replayed 1000x faster than the scanner: frames pile up, the oldest are skipped,
     each logged and counted; emitted + skipped = frames; the input queue stays bounded."""

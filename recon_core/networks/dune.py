@@ -259,11 +259,18 @@ class DUNE(nn.Module):
             g, x = g.detach(), x.detach()
         return g, x
 
-    def forward(self, problem: Problem, x_init=None, iterations: int | None = None, **_):
+    def forward(self, problem: Problem, x_init=None, iterations: int | None = None, deadline=None, **_):
+        """``deadline``: a callable asked before each iteration but the first (as by
+        :func:`~recon_core.solvers.fixed_point`); when it says the time is up, the current
+        representation is decoded (fewer iterations, each one already a complete
+        data-consistency + regularizer update)."""
         x = problem.x0 if x_init is None else x_init
         z = self.encode(x)
         norms = []
-        for k in range(iterations or self.iterations):
+        n = iterations or self.iterations
+        for k in range(n):
+            if k > 0 and deadline is not None and deadline():
+                break
             kk = min(k, self.iterations - 1)      # more iterations than trained: reuse the last eta/Reg
             eta = self.eta[kk]
             reg = self.reg[0 if self.shared else kk](z)
@@ -276,4 +283,4 @@ class DUNE(nn.Module):
                 grad = problem.gradient(x)
                 norms.append(float(grad.detach().norm()))
                 z = self.encode(x - eta * grad) + reg
-        return self.decode(z), {"iterations": len(norms), "gradient_norms": norms}
+        return self.decode(z), {"iterations": len(norms), "gradient_norms": norms, "converged": len(norms) == n}

@@ -101,14 +101,47 @@ class FLAT(nn.Module):
         self.steps, self.schedule = steps, schedule
         self.velocity = Velocity(channels, levels, unshuffle, alpha=eta * steps)
 
-    def forward(self, problem: Problem, x_init=None, steps: int | None = None, **_):
-        x = problem.x0 if x_init is None else x_init
+    #: warm start (streaming): the flow is entered at this time, on the straight path between
+    #: the frame's CG-SENSE start (t = 1) and the previous window's estimate (standing in for
+    #: the end point, t = 0), so a frame seen before costs the steps below it only
+    warm_time = 0.5
+
+    def forward(self, problem: Problem, x_init=None, steps: int | None = None, deadline=None,
+                start_time: float = 1.0, **_):
+        """Integrate the flow from ``t = 1`` (``problem.x0``) to ``t = 0``.
+
+        - ``x_init`` without ``start_time``: the state at ``t = 1`` instead of ``problem.x0``.
+        - ``start_time = s < 1`` with ``x_init`` (a previous estimate of the end point): the
+          flow is entered at the first scheduled time ``t_k <= s``, at the point
+          ``t_k x0 + (1 - t_k) x_init`` of the straight path the velocity was trained on,
+          and only the steps from there are taken (the warm start of a streamed window).
+        - ``deadline``: a callable asked before each step but the first (as by
+          :func:`~recon_core.solvers.fixed_point`); when it says the time is up, the remaining
+          interval ``[t_k, 0]`` is crossed in one Euler step, ``x_k - t_k v(x_k, t_k)``, the
+          flow's own estimate of its end point (one network evaluation, like any step), so
+          the image is an end-of-flow estimate, not a half-way state.
+
+        ``info["times"]`` lists the times visited, ``info["states"]`` the states there."""
         times, dts = flat_schedule(steps or self.steps, self.schedule)
-        states = [x]
-        for k in range(len(dts)):
-            x = x + float(dts[k]) * self.velocity(x, float(times[k]), problem)
+        first = 0
+        if start_time < 1.0 and x_init is not None:
+            first = min(int(torch.nonzero(times <= start_time + 1e-9)[0]), len(dts) - 1)
+            t0 = float(times[first])
+            x = t0 * problem.x0 + (1.0 - t0) * x_init
+        else:
+            x = problem.x0 if x_init is None else x_init
+        states, visited = [x], [float(times[first])]
+        for k in range(first, len(dts)):
+            t, dt = float(times[k]), float(dts[k])
+            if k > first and deadline is not None and deadline():
+                dt = -t                                       # straight to t = 0
+            x = x + dt * self.velocity(x, t, problem)
             states.append(x)
-        return x, {"iterations": len(dts), "states": states, "times": times.tolist()}
+            visited.append(float(times[k + 1]) if dt == float(dts[k]) else 0.0)
+            if visited[-1] == 0.0:
+                break
+        return x, {"iterations": len(states) - 1, "states": states, "times": visited,
+                   "converged": len(states) - 1 == len(dts) - first}
 
 
 def flat_loss(states, x0: torch.Tensor, x_ref: torch.Tensor, times=None, schedule: str = "uniform",

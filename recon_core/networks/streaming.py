@@ -9,6 +9,9 @@ re-combine them without a NUFFT. The fixed point of each window starts
 from the previous window's solution shifted by one frame (warm start); the new frame
 enters with the newest frame's current estimate (consecutive frames differ little, and the
 fixed point does not depend on the start), so no per-frame CG-SENSE start is computed.
+FLAT warm-starts differently (:attr:`~recon_core.networks.flat.FLAT.warm_time`): each
+window enters the flow between the frames' CG-SENSE starts and these estimates, so its
+frames keep a CG-SENSE start too.
 Cold start (``warm_start=False``) starts every window from the frames' CG-SENSE starts.
 Each window's loop stops at convergence, at ``max_iterations`` or at the output frame's
 deadline (no update is started that would end past it), whichever comes first; a frame is
@@ -94,6 +97,9 @@ class StreamingNetworkRecon:
         self.clock = clock
         self.emitted = 0
         self.reduced = False            # set by the chain's overload guard: one update of the newest frame
+        # FLAT warm-starts by entering its flow between each frame's CG-SENSE start and the
+        # previous estimate, so its slots keep both (a 3-iteration CG of one frame each)
+        self.blends_start = bool(cfg.warm_start and getattr(model, "kind", "") == "flat")
         self.held = False               # set by the chain for frames held for the first coil maps
 
     def fresh(self) -> "StreamingNetworkRecon":
@@ -141,7 +147,7 @@ class StreamingNetworkRecon:
         op = prep.operator(maps)
         rhs = combine(prep.coil_images, maps)[None]
         x0 = None
-        if start is None or self.scale is None:
+        if start is None or self.scale is None or self.blends_start:
             x0 = conjugate_gradient(op.normal, rhs, iterations=self.cg_start)
             if self.scale is None:
                 self.scale = intensity_scale(x0)
@@ -161,7 +167,8 @@ class StreamingNetworkRecon:
             weights = [pad(w, (0, m - w.shape[0])) for w in weights]
             y_w = [pad(y, (0, m - y.shape[-1])) for y in y_w]
         op = RadialSense(torch.stack(coords), maps, torch.stack(weights), kernel=torch.stack([s.kernel for s in slots]))
-        x0 = torch.stack([s.x for s in slots]) if self.cfg.warm_start else torch.stack([s.x0 for s in slots])
+        warm = self.cfg.warm_start and not self.blends_start
+        x0 = torch.stack([s.x for s in slots]) if warm else torch.stack([s.x0 for s in slots])
         return Problem(op, torch.stack(y_w), torch.stack([s.rhs for s in slots]), x0, self.scale,
                        lipschitz=max(s.lipschitz for s in slots))      # no host read per window
 
@@ -175,9 +182,12 @@ class StreamingNetworkRecon:
         deadline = None
         if self.cfg.deadline_ms > 0 and deadline_of is not None and not self.held:
             deadline = _Deadline(deadline_of.arrival + self.cfg.deadline_ms / 1e3, self.clock)
+        kwargs = {}
+        if self.blends_start:
+            kwargs = {"x_init": torch.stack([s.x for s in slots]), "start_time": self.model.warm_time}
         with torch.no_grad():
             x, info = self.model(problem, max_iter=1 if self.reduced else self.cfg.max_iterations,
-                                 tol=self.cfg.tolerance, deadline=deadline)
+                                 tol=self.cfg.tolerance, deadline=deadline, **kwargs)
         for slot, xi in zip(slots, x):
             slot.x = xi
         return {**info, "window": len(slots)}
@@ -241,15 +251,18 @@ class _Deadline:
 def _factory(cfg, device, protocol):
     """The streaming reconstructor for ``cfg.recon`` (imunne, altun, dune or flat).
 
-    ``cfg.model`` defaults to the shipped ``<kind>_small.safetensors``. Only the implicit
-    network (imunne) warm-starts: its fixed point does not depend on the start, while the
-    finite unrolled networks (altun, dune, flat) were trained from the CG-SENSE start and
-    get it for every window."""
+    ``cfg.model`` defaults to the shipped ``<kind>_small.safetensors``. The implicit network
+    (imunne) warm-starts from the previous window (its fixed point does not depend on the
+    start); FLAT warm-starts by entering its flow half-way (``FLAT.warm_time``) between each
+    frame's CG-SENSE start and the previous estimate, taking the remaining steps only; the
+    other finite unrolled networks (altun, dune) were trained from the CG-SENSE start and get
+    it for every window. All stop at the deadline (IMUNNE, DUNE: fewer iterations; FLAT: the
+    rest of the flow in one step)."""
     path = model_path(cfg.recon, cfg.model)
     model, meta = load_model(path, device)
     if meta["kind"] != cfg.recon:
         raise ValueError(f"model {path} is a {meta['kind']!r} network, not {cfg.recon!r}")
-    if cfg.recon != "imunne" and cfg.warm_start:
+    if cfg.recon not in ("imunne", "flat") and cfg.warm_start:
         log.info("%s is a finite unrolled network: every window starts from CG-SENSE (no warm start)", cfg.recon)
         cfg = dataclasses.replace(cfg, warm_start=False)
     training = meta.get("training") or {}

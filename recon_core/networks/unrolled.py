@@ -16,7 +16,13 @@ gradient-updated image (the form of deep-equilibrium MRI, Gilton et al. 2021). A
 fixed point ``x* = D(x* - (eta/L) grad f(x*))``.
 
 - **IMUNNE** iterates ``x_{k+1} = R(x_k)`` from ``x0`` to a fixed point (relative change
-  below ``tol`` or ``max_iter``), optionally with Anderson acceleration. Training is
+  below ``tol`` or ``max_iter``), optionally with Anderson acceleration. With
+  ``start_weight = w > 0`` the map is anchored at the start, ``R_w(x) = (1 - w) R(x) + w x0``
+  (``x0`` the CG-SENSE start): its Jacobian is ``(1 - w) dR/dx``, so plain iteration
+  contracts by at least ``1 - w`` per step wherever ``R`` is nonexpansive, even along the
+  directions that ``R`` passes unchanged (the null space of the radial operator, where
+  the shipped ``w = 0`` model's spectral radius is 0.999), and the fixed point is reached
+  in tens of iterations instead of drifting. Training is
   Jacobian-free (Fung et al.): the fixed point is found without gradients, then one
   differentiable application ``R(x*)`` gives the output, so training memory is that of
   one block whatever the iteration count.
@@ -63,17 +69,27 @@ class IMUNNE(nn.Module):
     kind = "imunne"
 
     def __init__(self, channels=16, levels=2, unshuffle=2, eta=0.5, max_iter=20, tol=1e-3, anderson=0,
-                 noise_input=False):
+                 noise_input=False, start_weight=0.0):
         super().__init__()
+        if not 0.0 <= start_weight < 1.0:
+            raise ValueError(f"start_weight={start_weight}: expected 0 <= w < 1")
         self.block = UpdateOperator(channels, levels, unshuffle, eta, noise_input)
         self.max_iter, self.tol, self.anderson = max_iter, tol, anderson
+        self.start_weight = start_weight
+
+    def update(self, x: torch.Tensor, problem: Problem) -> torch.Tensor:
+        """The map iterated to the fixed point: ``R(x)``, or ``(1 - w) R(x) + w x0`` anchored
+        at the problem's start ``x0 (T, Y, X)``."""
+        if not self.start_weight:
+            return self.block(x, problem)
+        return (1.0 - self.start_weight) * self.block(x, problem) + self.start_weight * problem.x0
 
     def forward(self, problem: Problem, x_init=None, max_iter=None, tol=None, deadline=None):
         start = problem.x0 if x_init is None else x_init
         with torch.no_grad():
-            fp = fixed_point(lambda x: self.block(x, problem), start, max_iter or self.max_iter,
+            fp = fixed_point(lambda x: self.update(x, problem), start, max_iter or self.max_iter,
                              self.tol if tol is None else tol, self.anderson, deadline)
-        x = self.block(fp.x.detach(), problem) if torch.is_grad_enabled() and self.training else fp.x
+        x = self.update(fp.x.detach(), problem) if torch.is_grad_enabled() and self.training else fp.x
         return x, {"iterations": fp.iterations, "converged": fp.converged, "changes": fp.changes,
                    "x_star": fp.x}
 

@@ -45,6 +45,7 @@ class TrainConfig:
     max_iter: int = 8            # IMUNNE fixed point during training
     tol: float = 1e-2
     anderson: int = 0            # IMUNNE: Anderson memory of the fixed-point solver (0: plain iteration)
+    start_weight: float = 0.0    # IMUNNE: fixed point of (1 - w) R(x) + w x0 (0: of R itself)
     blocks: int = 4              # Alt-UN
     window: int = 5
     batch: int = 1               # windows per step (per process under torchrun)
@@ -140,6 +141,8 @@ class TrainConfig:
             schedule = self.streaming_schedule()      # a real-time model runs its trained updates by default
             a.update(max_iter=schedule["updates"] if schedule else self.max_iter, tol=self.tol,
                      anderson=self.anderson)
+            if self.start_weight:
+                a["start_weight"] = self.start_weight
         if self.model == "altun":
             a.update(blocks=self.blocks)
         if self.model == "dune":
