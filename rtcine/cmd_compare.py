@@ -54,7 +54,7 @@ def add_parser(sub):
 
 
 def _model_paths(args) -> dict:
-    paths = {kind: os.path.join(args.models, f"{kind}_small.safetensors") for kind in ("imunne", "altun", "cunet")}
+    paths = {kind: os.path.join(args.models, f"{kind}_small.safetensors") for kind in ("imunne", "altun", "cunet", "dune", "flat")}
     for item in args.model:
         kind, path = item.split("=", 1)
         paths[kind] = path

@@ -57,6 +57,9 @@ def add_parser(sub):
                    help="IMUNNE: fixed point of (1 - w) R(x) + w x0, anchored at the CG-SENSE start x0: "
                         "iteration contracts by at least 1 - w per step, so it converges instead of "
                         "drifting (0: the fixed point of R)")
+    p.add_argument("--support", action="store_true",
+                   help="IMUNNE: project every iterate onto the coil maps' support (the data say nothing "
+                        "outside it)")
     p.add_argument("--blocks", type=int, default=4, help="Alt-UN blocks, DUNE iterations, FLAT steps")
     p.add_argument("--supervision", choices=("supervised", "ssdu"), default="supervised",
                    help="loss: against the reference, or self-supervised by spoke splitting (SSDU)")
@@ -170,7 +173,7 @@ def _run(args, device, distributed) -> int:
         val_paths = built("val", lambda show: _split(build_split, simulator, "val", args.val_scans, show))
     cfg = TrainConfig(model=model, channels=args.channels, levels=args.levels, max_iter=args.max_iter,
                       noise_input=args.noise_input,
-                      tol=args.tol, anderson=args.anderson, start_weight=args.start_weight,
+                      tol=args.tol, anderson=args.anderson, start_weight=args.start_weight, support=args.support,
                       blocks=args.blocks, window=args.window,
                       batch=args.batch, steps=args.steps, lr=args.lr,
                       validate_every=args.validate_every, checkpoint_every=args.checkpoint_every,
@@ -273,8 +276,8 @@ def _finetune_settings(args) -> dict:
     arch = dict(meta.get("arch", {}))
     kind = meta["kind"]
     out = {"model": kind, "init": path}
-    for key in ("channels", "levels", "unshuffle", "eta", "noise_input", "tol", "anderson", "blocks", "dc",
-                "schedule"):
+    for key in ("channels", "levels", "unshuffle", "eta", "noise_input", "tol", "anderson", "start_weight",
+                "support", "blocks", "dc", "schedule"):
         if key in arch:
             out[key] = arch[key]
     if kind == "dune" and "iterations" in arch:

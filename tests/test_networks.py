@@ -188,3 +188,34 @@ def test_imunne_anchored_at_its_start_iterates_the_blended_map_and_keeps_it_in_i
     assert loaded.start_weight == 0.25
     with pytest.raises(ValueError, match="start_weight"):
         build_model("imunne", **{**arch, "start_weight": 1.0})
+
+
+def test_imunne_projected_onto_the_maps_support_is_zero_where_no_coil_sees_and_unchanged_inside(tmp_path):
+    """support=True: every iterate is R(x) masked to where some coil map is nonzero; a saved
+    model keeps the setting."""
+    from recon_core.networks.problem import make_problem
+    from recon_core.networks.unrolled import build_model
+    from recon_core.training.checkpoint import load_checkpoint, save_checkpoint
+    from conftest import disc_scan
+
+    kspace, coords, maps, _ = disc_scan(16, 3, 2, 7)
+    maps = maps.clone()
+    maps[:, :3, :] = 0                          # no coil sees the top three rows
+    problem = make_problem(kspace, coords, maps)
+    assert problem.support.shape == (16, 16) and not problem.support[:3].any() and problem.support[3:].all()
+    torch.manual_seed(0)
+    arch = {"channels": 4, "levels": 1, "unshuffle": 2, "eta": 0.5, "max_iter": 3}
+    free = build_model("imunne", **arch).eval()
+    projected = build_model("imunne", **arch, support=True).eval()
+    projected.load_state_dict(free.state_dict())
+    x = torch.randn_like(problem.x0)
+    with torch.no_grad():
+        r = free.update(x, problem)
+        p = projected.update(x, problem)
+        out, _ = projected(problem, tol=0.0)
+    assert r[:, :3].abs().amax() > 1e-3          # the free denoiser leaves content where nothing was measured
+    assert p[:, :3].abs().amax() == 0 and torch.equal(p[:, 3:], r[:, 3:])
+    assert out[:, :3].abs().amax() == 0
+    save_checkpoint(str(tmp_path / "m"), projected, "imunne", {**arch, "support": True}, {"note": "test"})
+    loaded, _, _ = load_checkpoint(str(tmp_path / "m.safetensors"))
+    assert loaded.support is True

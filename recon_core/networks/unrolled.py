@@ -22,7 +22,11 @@ fixed point ``x* = D(x* - (eta/L) grad f(x*))``.
   contracts by at least ``1 - w`` per step wherever ``R`` is nonexpansive, even along the
   directions that ``R`` passes unchanged (the null space of the radial operator, where
   the shipped ``w = 0`` model's spectral radius is 0.999), and the fixed point is reached
-  in tens of iterations instead of drifting. Training is
+  in tens of iterations instead of drifting. With ``support = True`` every iterate is
+  projected onto the coil maps' support ``P`` (the pixels where some map is nonzero):
+  ``x_{k+1} = P R(x_k)``. Outside it the data say nothing (``A P = A``) and the reference
+  holds no signal for ESPIRiT to find, yet the denoiser passes content there unchanged
+  (59% of the slowest mode of the shipped model's fixed point lies there). Training is
   Jacobian-free (Fung et al.): the fixed point is found without gradients, then one
   differentiable application ``R(x*)`` gives the output, so training memory is that of
   one block whatever the iteration count.
@@ -69,20 +73,23 @@ class IMUNNE(nn.Module):
     kind = "imunne"
 
     def __init__(self, channels=16, levels=2, unshuffle=2, eta=0.5, max_iter=20, tol=1e-3, anderson=0,
-                 noise_input=False, start_weight=0.0):
+                 noise_input=False, start_weight=0.0, support=False):
         super().__init__()
         if not 0.0 <= start_weight < 1.0:
             raise ValueError(f"start_weight={start_weight}: expected 0 <= w < 1")
         self.block = UpdateOperator(channels, levels, unshuffle, eta, noise_input)
         self.max_iter, self.tol, self.anderson = max_iter, tol, anderson
         self.start_weight = start_weight
+        self.support = support
 
     def update(self, x: torch.Tensor, problem: Problem) -> torch.Tensor:
         """The map iterated to the fixed point: ``R(x)``, or ``(1 - w) R(x) + w x0`` anchored
-        at the problem's start ``x0 (T, Y, X)``."""
-        if not self.start_weight:
-            return self.block(x, problem)
-        return (1.0 - self.start_weight) * self.block(x, problem) + self.start_weight * problem.x0
+        at the problem's start ``x0 (T, Y, X)``; then projected onto the maps' support if
+        ``support``."""
+        x = self.block(x, problem)
+        if self.start_weight:
+            x = (1.0 - self.start_weight) * x + self.start_weight * problem.x0
+        return x * problem.support if self.support else x
 
     def forward(self, problem: Problem, x_init=None, max_iter=None, tol=None, deadline=None):
         start = problem.x0 if x_init is None else x_init
