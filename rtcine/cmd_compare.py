@@ -54,7 +54,11 @@ def add_parser(sub):
 
 
 def _model_paths(args) -> dict:
-    paths = {kind: os.path.join(args.models, f"{kind}_small.safetensors") for kind in ("imunne", "altun", "cunet", "dune", "flat")}
+    from recon_core.networks import REGISTRY
+    from recon_core.networks.unrolled import MODELS
+
+    # every kind build_model knows, as the shipped file of --models
+    paths = {kind: os.path.join(args.models, f"{kind}_small.safetensors") for kind in MODELS + tuple(REGISTRY)}
     for item in args.model:
         kind, path = item.split("=", 1)
         paths[kind] = path

@@ -22,6 +22,7 @@ the same formula is used.)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -53,14 +54,12 @@ class Problem:
         if not self.noise:
             self.noise = WHITENED_NOISE_STD / float(self.scale)
 
-    @property
+    @cached_property
     def support(self) -> torch.Tensor:
         """``(Y, X)`` bool: the pixels where some coil map is nonzero (all of them for maps
         that are nowhere zero, such as the stream's fallback maps)."""
-        if not hasattr(self, "_support"):
-            maps = self.op.maps
-            self._support = (maps.abs().reshape(-1, *maps.shape[-2:]) > 0).any(0)
-        return self._support
+        maps = self.op.maps
+        return (maps.abs().reshape(-1, *maps.shape[-2:]) > 0).any(0)
 
     def gradient(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised data-consistency gradient ``A^H (A x - y_w) / L`` (Toeplitz, pure torch)."""
