@@ -7,6 +7,12 @@ frames, never computed on the frame path. sigpy is imported and ESPIRiT run once
 :func:`recon_core.coils.warm_up_espirit`). Until the first ESPIRiT maps exist, frames use
 low-resolution maps from the spokes pooled so far (the first set on the frame path, then
 recomputed in the background each time the pool doubles), unless ``wait`` holds them back (reproducible offline runs).
+
+When the ESPIRiT maps are installed depends on the CPU: as soon as the worker is done. With
+``lag = N > 0`` an update started at frame k is installed at frame k + N exactly (waited
+for if need be), so that an unpaced replay gives the same images on every run and on
+every machine; at scanner pace on the 2-core CPU they arrive about 15 frames after
+calibration starts, so ``N = 15`` makes an unpaced replay see what a paced one sees.
 """
 from __future__ import annotations
 
@@ -26,11 +32,13 @@ log = logging.getLogger("rtcine.coilmaps")
 
 class CoilMapService:
     def __init__(self, shape, method: str = "espirit", calibration_frames: int = 10, refresh: int = 0,
-                 device: str = "cpu"):
+                 device: str = "cpu", lag: int = 0):
         self.shape = tuple(shape)
         self.method = method
         self.calibration_frames = calibration_frames
         self.refresh = refresh
+        self.lag = lag
+        self._started_at = 0
         self.device = torch.device(device)
         self.pool: deque = deque(maxlen=calibration_frames)
         self.frames_seen = 0
@@ -86,12 +94,17 @@ class CoilMapService:
             return
         log.info("ESPIRiT calibration from %d spokes started in the background", data.shape[0])
         self._future = self._executor.submit(self._compute, data, coords, "espirit")
+        self._started_at = self.frames_seen
 
     def _install(self, maps, source):
         self.maps, self.source = maps, source
         self.updates += 1
 
     def _collect(self, block: bool = False) -> None:
+        if self._future is not None and self.lag and not block:
+            if self.frames_seen < self._started_at + self.lag:
+                return                                   # not yet its frame
+            block = True                                 # its frame: install it, ready or not
         if self._future is not None and (block or self._future.done()):
             future, self._future = self._future, None
             self._install(future.result(), "espirit")

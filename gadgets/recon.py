@@ -241,7 +241,8 @@ def reconstruct_frames(items, cfg, protocol, stats, clock=time.perf_counter):
     slices: dict[int, _SliceState] = {}
 
     def coil_maps() -> CoilMapService:
-        return CoilMapService(shape, cfg.coil_maps, cfg.calibration_frames, cfg.coil_map_refresh, cfg.device)
+        return CoilMapService(shape, cfg.coil_maps, cfg.calibration_frames, cfg.coil_map_refresh, cfg.device,
+                              cfg.espirit_lag)
 
     # the first slice's state is made before the first frame (ESPIRiT warmed up, the reconstructor
     # built above): a scan's first frames do not wait for it

@@ -62,6 +62,11 @@ class ReconConfig:
     coil_map_refresh: int = 0
     #: hold frames until the ESPIRiT maps exist (reproducible offline); else use lowres maps meanwhile
     wait_for_maps: bool = False
+    #: install each ESPIRiT update exactly this many frames after the frame that started it,
+    #: waiting for it if need be (0: as soon as it is ready, which depends on the CPU's load).
+    #: For unpaced replays that should give the same images on every run; 15 is about when a
+    #: paced run on the 2-core CPU installs them (gadgets/coilmaps.py)
+    espirit_lag: int = 0
     #: radial gradient delays: auto (RING estimate from the stream's first calibration_frames
     #: frames), off, or "dx,dy[,dxy]" in readout samples (recon_core/gradient_delay.py)
     gradient_delay: str = "auto"
@@ -117,7 +122,7 @@ class ReconConfig:
         need(self.overload in OVERLOAD_POLICIES, f"overload={self.overload!r}: expected one of {OVERLOAD_POLICIES}")
         need(self.ordering in ("", "golden", "tiny-golden", "linear"),
              f"ordering={self.ordering!r}: expected golden, tiny-golden or linear")
-        for name in ("spokes_per_frame", "frame_stride", "virtual_coils", "coil_map_refresh", "cg_iterations",
+        for name in ("spokes_per_frame", "frame_stride", "virtual_coils", "coil_map_refresh", "espirit_lag", "cg_iterations",
                      "threads"):
             need(getattr(self, name) >= 0, f"{name}={getattr(self, name)}: must be >= 0")
         for name in ("calibration_frames", "compression_spokes", "max_iterations", "window", "queue_size"):

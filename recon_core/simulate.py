@@ -26,6 +26,7 @@ from .gradient_delay import GradientDelay, delayed_coordinates
 from .mrd import RadialProtocol, header_to_xml, make_header
 from .nufft import nufft_forward
 from .phantom import DynamicPhantom, coil_sensitivities, random_anatomy
+from .texture_phantom import TexturePhantom, random_texture_object
 from .trajectory import radial_coordinates, spoke_angles
 
 #: Readout dwell time of the simulated acquisitions (microseconds).
@@ -52,6 +53,9 @@ class SimulationConfig:
     motion_samples: int = 1
     #: coil arrangement (phantom.COIL_LAYOUTS)
     coil_layout: str = "ring"
+    #: the object: cardiac (recon_core.phantom) or texture (recon_core.texture_phantom, no
+    #: anatomical template); texture and fine_texture below apply to the cardiac one
+    object: str = "cardiac"
     #: amplitude of the smooth texture (1: as drawn) and std of a fine-grained one
     texture: float = 1.0
     fine_texture: float = 0.0
@@ -109,8 +113,14 @@ def simulate(cfg: SimulationConfig, progress=None) -> SimulatedScan:
     n, s, t_frames = cfg.matrix, cfg.spokes_per_frame, cfg.frames
     samples = cfg.oversampling * n
     fine = 2 * n
-    anatomy = random_anatomy(rng)
-    phantom = DynamicPhantom(anatomy, fine, cfg.texture, cfg.fine_texture)
+    if cfg.object == "texture":
+        anatomy = random_texture_object(rng)
+        phantom = TexturePhantom(anatomy, fine)
+    elif cfg.object == "cardiac":
+        anatomy = random_anatomy(rng)
+        phantom = DynamicPhantom(anatomy, fine, cfg.texture, cfg.fine_texture)
+    else:
+        raise ValueError(f"object={cfg.object!r}: expected cardiac or texture")
     maps = torch.from_numpy(coil_sensitivities(rng, cfg.coils, fine, cfg.coil_layout))
     mixing, psi = _coil_mixing(rng, cfg.coils, cfg.coil_correlation)
 

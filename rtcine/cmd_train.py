@@ -58,8 +58,8 @@ def add_parser(sub):
                         "iteration contracts by at least 1 - w per step, so it converges instead of "
                         "drifting (0: the fixed point of R)")
     p.add_argument("--support", action="store_true",
-                   help="IMUNNE: project every iterate onto the coil maps' support (the data say nothing "
-                        "outside it)")
+                   help="IMUNNE and FLAT: project every iterate, DUNE: its output, onto the coil maps' "
+                        "support (the data say nothing outside it)")
     p.add_argument("--blocks", type=int, default=4, help="Alt-UN blocks, DUNE iterations, FLAT steps")
     p.add_argument("--supervision", choices=("supervised", "ssdu"), default="supervised",
                    help="loss: against the reference, or self-supervised by spoke splitting (SSDU)")

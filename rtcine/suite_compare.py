@@ -38,6 +38,9 @@ NETWORK_FILES = {"cunet": "cunet_small.safetensors", "altun": "altun_small.safet
 LAM_GRIDS = {"cs": (0.002, 0.005, 0.01, 0.02, 0.04), "bart": (0.0005, 0.001, 0.002, 0.005, 0.01),
              "cs-stream": (0.005, 0.01, 0.02, 0.04, 0.08)}
 CACHE = "compare_cache.json"
+#: unpaced streaming replays install the ESPIRiT maps this many frames after calibration
+#: starts (``ReconConfig.espirit_lag``): about when a paced run on the 2-core CPU gets them
+UNPACED_ESPIRIT_LAG = 15
 
 
 def load_scan_file(path: str, calibration_frames: int = 10) -> dict:
@@ -98,7 +101,7 @@ class Runner:
             from recon_core.config import ReconConfig
             parts.append(f"csit={ReconConfig().cs_iterations}")
         if method in STREAMING and not self.paced:
-            parts.append("unpaced")
+            parts.append(f"unpaced|espirit-lag={UNPACED_ESPIRIT_LAG}")
         return "|".join(parts)
 
     def scan(self, rel: str) -> dict:
@@ -152,8 +155,9 @@ class Runner:
             cfg = ReconConfig.from_preset("realtime", model=self.model_file("realtime"))
         else:
             cfg = ReconConfig.from_preset("realtime", recon="cs", model="", cs_lambda=lam)
-        if not self.paced:          # the schedule's full budget: no deadline, no overload policy
-            cfg = dataclasses.replace(cfg, deadline_ms=0.0, overload="none")
+        if not self.paced:          # the schedule's full budget: no deadline, no overload policy, and the
+            # ESPIRiT maps installed at the frame a paced run gets them, not whenever the thread finishes
+            cfg = dataclasses.replace(cfg, deadline_ms=0.0, overload="none", espirit_lag=UNPACED_ESPIRIT_LAG)
         summary = replay(path, cfg, realtime=self.paced, warm=True)
         images = np.stack([image_frame(i) for i in summary["images_list"]])
         lat = summary["latency_ms"]

@@ -1,5 +1,7 @@
-"""Noise prewhitening and coil compression."""
+"""Noise prewhitening, coil compression and the stream's coil-map service."""
 import numpy as np
+import pytest
+import torch
 
 from recon_core.coils import NoiseCovariance, pca_compression_matrix, prewhitening_matrix
 
@@ -65,3 +67,35 @@ def test_espirit_thread_runs_at_lower_cpu_priority():
         service.close()
     assert worker == min(19, mine + coilmaps.ESPIRIT_NICE)
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine     # the chain's own thread unchanged
+
+
+@pytest.mark.parametrize("espirit_seconds", [0.0, 0.4])
+def test_espirit_lag_installs_the_maps_at_the_same_frame_however_long_espirit_takes(monkeypatch, espirit_seconds):
+    """``lag = 3`` with calibration at frame 2: frames 1-4 get the fallback maps and frame 5
+    on the ESPIRiT maps, whether ESPIRiT is done at once (not installed early) or still
+    running at frame 5 (waited for), so an unpaced replay does not depend on the CPU."""
+    import time
+    from types import SimpleNamespace
+
+    from gadgets import coilmaps
+
+    def compute(self, data, coords, method):
+        if method == "espirit":
+            time.sleep(espirit_seconds)
+        return torch.full((2, 8, 8), 1.0 if method == "espirit" else 0.5, dtype=torch.complex64)
+
+    monkeypatch.setattr(coilmaps.CoilMapService, "_compute", compute)
+    monkeypatch.setattr(coilmaps, "warm_up_espirit", lambda: 0.0)
+    service = coilmaps.CoilMapService((8, 8), "espirit", calibration_frames=2, lag=3)
+    sources = []
+    try:
+        for index in range(7):
+            service.add(SimpleNamespace(index=index, kspace=np.zeros((2, 4, 16), np.complex64),
+                                        coords=np.zeros((4, 16, 2), np.float32)))
+            time.sleep(0.05 if index == 2 else 0.0)      # a fast ESPIRiT is surely done by frame 4
+            maps, source = service.current()
+            sources.append(source)
+            assert float(maps.real.mean()) == (1.0 if source == "espirit" else 0.5)
+    finally:
+        service.close()
+    assert sources == ["fallback"] * 4 + ["espirit"] * 3

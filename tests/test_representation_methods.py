@@ -423,3 +423,35 @@ def test_train_loop_runs_dune_flat_ssdu_and_noisy_anderson_imunne(tiny_scan, tmp
     assert meta["kind"] == model and type(loaded).__name__ == model.upper()
     if model == "imunne":                     # the training solver's settings travel with the model
         assert meta["arch"]["anderson"] == 2 and loaded.anderson == 2
+
+
+@pytest.mark.parametrize("kind", ["dune", "flat"])
+def test_dune_and_flat_with_support_are_zero_where_no_coil_sees_and_unchanged_inside(kind, tmp_path):
+    """support=True (arch, `rtcine train --support`): the image is the free network's image
+    masked to where some coil map is nonzero (FLAT: every state; DUNE: its decoded output);
+    a saved model keeps the setting."""
+    from recon_core.training.train import TrainConfig
+
+    kspace, coords, maps, _ = disc_scan(16, 3, 2, 7)
+    maps = maps.clone()
+    maps[:, :3, :] = 0                          # no coil sees the top three rows
+    problem = make_problem(kspace, coords, maps)
+    torch.manual_seed(0)
+    arch = {k: v for k, v in TrainConfig(model=kind, channels=4, levels=1, blocks=2, support=True).arch().items()}
+    assert arch["support"] is True
+    projected = build_model(kind, **arch).eval()
+    free = build_model(kind, **{**arch, "support": False}).eval()
+    _perturb(free)                              # trained-like: the untrained residual layers are zero
+    projected.load_state_dict(free.state_dict())
+    with torch.no_grad():
+        out_free, info_free = free(problem)
+        out, info = projected(problem)
+    assert out_free[:, :3].abs().amax() > 1e-4
+    assert out[:, :3].abs().amax() == 0
+    if kind == "flat":
+        assert all(s[:, :3].abs().amax() == 0 for s in info["states"][1:])
+    else:
+        assert torch.allclose(out[:, 3:], out_free[:, 3:], atol=1e-6)
+    save_checkpoint(str(tmp_path / "m"), projected, kind, arch, {"note": "test"})
+    loaded, _, _ = load_checkpoint(str(tmp_path / "m.safetensors"))
+    assert loaded.support is True

@@ -212,8 +212,10 @@ class DUNE(nn.Module):
     def __init__(self, channels: int = 16, levels: int = 2, unshuffle: int = 2, eta: float = 1.0,
                  iterations: int = 4, latent: int = 16, dc: str = "vjp", shared: bool = False,
                  encoder: nn.Module | None = None, decoder: nn.Module | None = None,
-                 latent_channels: int | None = None, regularizers: list[nn.Module] | None = None):
+                 latent_channels: int | None = None, regularizers: list[nn.Module] | None = None,
+                 support: bool = False):
         super().__init__()
+        self.support = support
         if dc not in ("vjp", "heuristic"):
             raise ValueError(f"dc={dc!r}: expected 'vjp' or 'heuristic'")
         self.dc, self.iterations, self.shared = dc, iterations, shared
@@ -263,7 +265,8 @@ class DUNE(nn.Module):
         """``deadline``: a callable asked before each iteration but the first (as by
         :func:`~recon_core.solvers.fixed_point`); when it says the time is up, the current
         representation is decoded (fewer iterations, each one already a complete
-        data-consistency + regularizer update)."""
+        data-consistency + regularizer update). ``support`` (constructor): the decoded image
+        is projected onto the coil maps' support, where the data say nothing."""
         x = problem.x0 if x_init is None else x_init
         z = self.encode(x)
         norms = []
@@ -283,4 +286,5 @@ class DUNE(nn.Module):
                 grad = problem.gradient(x)
                 norms.append(float(grad.detach().norm()))
                 z = self.encode(x - eta * grad) + reg
-        return self.decode(z), {"iterations": len(norms), "gradient_norms": norms, "converged": len(norms) == n}
+        x = self.decode(z)
+        return (x * problem.support if self.support else x), {"iterations": len(norms), "gradient_norms": norms, "converged": len(norms) == n}

@@ -95,10 +95,11 @@ class FLAT(nn.Module):
     kind = "flat"
 
     def __init__(self, channels=16, levels=2, unshuffle=2, eta: float = 1.0, steps: int = 4,
-                 schedule: str = "uniform"):
+                 schedule: str = "uniform", support: bool = False):
         super().__init__()
         flat_schedule(steps, schedule)                       # validate
         self.steps, self.schedule = steps, schedule
+        self.support = support
         self.velocity = Velocity(channels, levels, unshuffle, alpha=eta * steps)
 
     #: warm start (streaming): the flow is entered at this time, on the straight path between
@@ -121,6 +122,10 @@ class FLAT(nn.Module):
           flow's own estimate of its end point (one network evaluation, like any step), so
           the image is an end-of-flow estimate, not a half-way state.
 
+        - ``support`` (constructor): every state after the start is projected onto the coil
+          maps' support (:attr:`~recon_core.networks.problem.Problem.support`), where the
+          data say nothing and the start (CG-SENSE, in the range of ``A^H``) is zero.
+
         ``info["times"]`` lists the times visited, ``info["states"]`` the states there."""
         times, dts = flat_schedule(steps or self.steps, self.schedule)
         first = 0
@@ -136,6 +141,8 @@ class FLAT(nn.Module):
             if k > first and deadline is not None and deadline():
                 dt = -t                                       # straight to t = 0
             x = x + dt * self.velocity(x, t, problem)
+            if self.support:
+                x = x * problem.support
             states.append(x)
             visited.append(float(times[k + 1]) if dt == float(dts[k]) else 0.0)
             if visited[-1] == 0.0:

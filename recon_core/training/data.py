@@ -12,7 +12,9 @@ Splits (the held-out split uses seeds never seen in training):
 - ``train``: seeds 1000+, golden, tiny-golden or linear ordering, 9-21 spokes per frame,
   4-16 coils in a ring or in anterior/posterior panels, SNR 3-60 (log-uniform), coil
   noise correlation 0-0.5, motion within a frame (each spoke rendered at its own time) in
-  70% of the scans, texture amplitude 0.5-2.5x and a fine texture of 0-8%;
+  70% of the scans, texture amplitude 0.5-2.5x and a fine texture of 0-8%; 35% of the
+  objects from the texture family (:mod:`recon_core.texture_phantom`: random regions,
+  thin curves, power-law texture, warped by a beat and breathing), the rest cardiac;
 - ``val``: seeds 5000+, same distribution;
 - ``test``: seeds 9000+, the standard protocol (13 golden-angle spokes, 8 coils,
   128x128, SNR 30), plus ``test-ood``: tiny-golden ordering, 12 coils, SNR 12.
@@ -29,8 +31,11 @@ from ..simulate import DWELL_US, SimulationConfig, simulate
 
 
 #: file-name tag of a split's current distribution, so that scans of an earlier one in the
-#: same folder are never mixed in (v2: the widened training distribution above)
-SPLIT_VERSIONS = {"train": "-v2", "val": "-v2"}
+#: same folder are never mixed in (v2: the widened training distribution above; v3: the same
+#: with a share of the scans on the texture object family)
+SPLIT_VERSIONS = {"train": "-v3", "val": "-v3"}
+#: share of the train and val scans whose object is the texture family (recon_core.texture_phantom)
+TEXTURE_SHARE = 0.35
 
 
 def split_configs(split: str, count: int, frames: int = 16, matrix: int = 128) -> list[SimulationConfig]:
@@ -50,7 +55,8 @@ def split_configs(split: str, count: int, frames: int = 16, matrix: int = 128) -
                 coil_correlation=float(rng.uniform(0.0, 0.5)),
                 motion_samples=spokes if rng.uniform() < 0.7 else 1,
                 coil_layout=str(rng.choice(["ring", "ring", "panels"])),
-                texture=float(rng.uniform(0.5, 2.5)), fine_texture=float(rng.uniform(0.0, 0.08)))
+                texture=float(rng.uniform(0.5, 2.5)), fine_texture=float(rng.uniform(0.0, 0.08)),
+                object="texture" if rng.uniform() < TEXTURE_SHARE else "cardiac")   # drawn last: the rest as in v2
         elif split == "test":
             cfg = SimulationConfig(frames=frames, matrix=matrix, seed=base + i, coils=8, spokes_per_frame=13,
                                    snr=30.0, trajectory="golden")

@@ -46,7 +46,7 @@ class TrainConfig:
     tol: float = 1e-2
     anderson: int = 0            # IMUNNE: Anderson memory of the fixed-point solver (0: plain iteration)
     start_weight: float = 0.0    # IMUNNE: fixed point of (1 - w) R(x) + w x0 (0: of R itself)
-    support: bool = False        # IMUNNE: every iterate projected onto the coil maps' support
+    support: bool = False        # IMUNNE, DUNE, FLAT: images projected onto the coil maps' support
     blocks: int = 4              # Alt-UN
     window: int = 5
     batch: int = 1               # windows per step (per process under torchrun)
@@ -144,8 +144,8 @@ class TrainConfig:
                      anderson=self.anderson)
             if self.start_weight:
                 a["start_weight"] = self.start_weight
-            if self.support:
-                a["support"] = True
+        if self.support and self.model in ("imunne", "dune", "flat"):
+            a["support"] = True
         if self.model == "altun":
             a.update(blocks=self.blocks)
         if self.model == "dune":
