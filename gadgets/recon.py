@@ -258,6 +258,9 @@ def reconstruct_frames(items, cfg, protocol, stats, clock=time.perf_counter):
         now = clock()
         for frame, image, info in results:
             info = dict(info, coil_maps=source, latency_ms=(now - frame.arrival) * 1e3)
+            stats.maps_used[source] = stats.maps_used.get(source, 0) + 1
+            if source == "espirit" and stats.first_espirit_frame < 0:
+                stats.first_espirit_frame = frame.index
             stats.latencies_ms.append(info["latency_ms"])
             if "iterations" in info:
                 stats.iterations.append(info["iterations"])

@@ -126,6 +126,10 @@ def format_summary(s: dict) -> str:
                      + ", ".join(f"{k} x{v}" for k, v in s["non_imaging"].items()))
     if s.get("gradient_delay"):
         lines.append(f"gradient delay x,y[,xy] in readout samples: {s['gradient_delay']}; trajectories corrected")
+    if s.get("maps_used"):
+        first = s.get("first_espirit_frame", -1)
+        lines.append("coil maps: " + ", ".join(f"{k} x{v}" for k, v in s["maps_used"].items())
+                     + (f" (ESPIRiT from frame {first})" if first >= 0 else " (no frame on ESPIRiT maps)"))
     if s.get("output"):
         lines.append(f"images written to {s['output']} (group /dataset/{OUTPUT_GROUP})")
     return "\n".join(lines)

@@ -46,6 +46,10 @@ class ChainStats:
     fallback: str = ""
     #: gradient delay the trajectories were corrected with, "dx,dy[,dxy] (source)" ("" if none)
     gradient_delay: str = ""
+    #: images reconstructed with each kind of coil maps (espirit, lowres, fallback), and the
+    #: first frame (its index) on ESPIRiT maps (-1: none)
+    maps_used: dict = field(default_factory=dict)
+    first_espirit_frame: int = -1
 
     def summary(self) -> dict:
         """Every counter, plus the per-frame lists summarised (latency percentiles, mean

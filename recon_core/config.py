@@ -52,7 +52,8 @@ class ReconConfig:
     prewhiten: bool = True
     #: PCA coil compression to this many virtual coils (0: off)
     virtual_coils: int = 0
-    #: spokes used to compute the compression matrix
+    #: spokes used to compute the compression matrix (held back until they are in: the first
+    #: frames' latency grows with them; 13, one frame, is the realtime preset's)
     compression_spokes: int = 64
     #: coil maps: espirit (sigpy, in the background) or lowres (fast, on the frame path)
     coil_maps: str = "espirit"

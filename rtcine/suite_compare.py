@@ -56,6 +56,17 @@ def load_scan_file(path: str, calibration_frames: int = 10) -> dict:
     return {k: scan[k] for k in ("kspace", "coords", "maps", "reference")}
 
 
+def _preset_digest() -> str:
+    """Short digest of the realtime preset's settings, which the streaming methods run with."""
+    import dataclasses
+    import hashlib
+
+    from recon_core.config import ReconConfig
+
+    settings = sorted(dataclasses.asdict(ReconConfig.from_preset("realtime")).items())
+    return hashlib.sha1(repr(settings).encode()).hexdigest()[:10]
+
+
 def _score(images: np.ndarray, reference: np.ndarray) -> dict:
     from recon_core.evaluation import score
 
@@ -100,6 +111,8 @@ class Runner:
         if method == "cs-stream":
             from recon_core.config import ReconConfig
             parts.append(f"csit={ReconConfig().cs_iterations}")
+        if method in STREAMING:
+            parts.append(f"preset={_preset_digest()}")      # a changed realtime preset is not a cached result
         if method in STREAMING and not self.paced:
             parts.append(f"unpaced|espirit-lag={UNPACED_ESPIRIT_LAG}")
         return "|".join(parts)

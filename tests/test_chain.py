@@ -146,3 +146,16 @@ def test_socket_bad_config_value_is_refused_and_server_goes_on(small_file):
                 received = []
         assert sum(isinstance(r, ismrmrd.Image) for r in received) == expect
     thread.join(30)
+
+
+def test_replay_with_espirit_lag_reports_which_frames_had_which_maps(small_file):
+    """``espirit_lag=3`` with calibration over 4 frames: ESPIRiT starts with frame 3 (0-based)
+    and frame 6 is the first on its maps, on every run; the summary says so."""
+    from gadgets.replay import format_summary
+    from recon_core.config import ReconConfig
+
+    for _ in range(2):
+        s = replay(small_file, ReconConfig(recon="gridding", calibration_frames=4, espirit_lag=3))
+        assert s["first_espirit_frame"] == 6
+        assert s["maps_used"] == {"fallback": 6, "espirit": s["images"] - 6}
+    assert "ESPIRiT from frame 6" in format_summary(s)
