@@ -5,8 +5,10 @@ does it stay where it converged (no divergence, no slow drift into the noise)?
         [--model new=runs/imunne_v2/model.safetensors] [--data runs/data --split test --scans 4] \
         [--iterations 100] [--png curve.png] [--json out.json]
     python benchmarks/fixed_point_curve.py --model ... --suite runs/shifted --part val
+    python benchmarks/fixed_point_curve.py --model ... --files A.h5 B.npz --per-scan
 
-``--suite`` takes the scans of a shifted suite's part (``rtcine suite build``) through the
+``--files`` scores the given suite ``.h5`` files and prepared ``.npz`` scans instead;
+``--per-scan`` also prints each scan's curve (where each one peaks). ``--suite`` takes the scans of a shifted suite's part (``rtcine suite build``) through the
 chain's input stages instead of the simulator's prepared ``.npz`` scans.
 
 Each scan is one window of its first ``--frames`` frames, started from the CG-SENSE start
@@ -83,10 +85,18 @@ def main(argv=None) -> int:
     ap.add_argument("--scans", type=int, default=4)
     ap.add_argument("--frames", type=int, default=8)
     ap.add_argument("--iterations", type=int, default=100)
+    ap.add_argument("--files", nargs="+", help="suite .h5 files and prepared .npz scans to score instead")
+    ap.add_argument("--per-scan", action="store_true", help="also print each scan's curve")
     ap.add_argument("--png")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
-    if args.suite:
+    names = None
+    if args.files:
+        from rtcine.suite_compare import load_scan_file
+        scans = [load_scan_file(f) if f.endswith(".h5") else load_scan(f) for f in args.files]
+        names = [os.path.basename(f) for f in args.files]
+        args.split = f"{len(scans)} files"
+    elif args.suite:
         from rtcine.suite_compare import load_scan_file
         files = sorted(glob.glob(os.path.join(args.suite, args.part, "*.h5")))[:args.scans]
         if not files:
@@ -104,7 +114,18 @@ def main(argv=None) -> int:
     for item in args.model:
         name, path = item.split("=", 1)
         model, _, _ = load_checkpoint(path)
-        c = curve(model, scans, args.iterations, args.frames)
+        if args.per_scan:               # each scan's curve; their mean is the usual curve
+            rows = [curve(model, [scan], args.iterations, args.frames) for scan in scans]
+            c = {"psnr": np.mean([r["psnr"] for r in rows], 0).tolist(),
+                 "change": np.mean([r["change"] for r in rows], 0).tolist(),
+                 "per_scan": {}}
+            for label, r in zip(names or [f"scan {i}" for i in range(len(scans))], rows):
+                p = r["psnr"]
+                c["per_scan"][label] = p
+                print(f"{name:>14} {label}: " + "  ".join(f"it {i}: {p[i]:.2f}" for i in (10, 36, 50, 100, 150)
+                                                      if i < len(p)) + f"  | best {max(p):.2f} at it {int(np.argmax(p))}")
+        else:
+            c = curve(model, scans, args.iterations, args.frames)
         result["models"][name] = c
         p = c["psnr"]
         marks = [i for i in (1, 2, 5, 10, 20, 50, 100, 200) if i < len(p)]
