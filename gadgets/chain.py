@@ -50,11 +50,7 @@ def _run_chain(items, header, cfg, stats: ChainStats):
     log.info("frames from: %s", plan.describe())
     stream = validate_stream(items, header, protocol, ordering, stats)
     stream = noise_adjust(stream, header, stats, enabled=cfg.prewhiten)
-    virtual = cfg.virtual_coils
-    if virtual and 0 < protocol.coils <= virtual:      # nothing to compress: no spokes held for it
-        log.info("virtual_coils=%d >= the header's %d coils: no compression", virtual, protocol.coils)
-        virtual = 0
-    stream = coil_compression(stream, virtual, cfg.compression_spokes)
+    stream = coil_compression(stream, cfg.virtual_coils, cfg.compression_spokes, header_coils=protocol.coils)
     stream = frame_buffer(stream, protocol, ordering, plan, stats=stats, min_partial_fraction=cfg.min_partial_fraction)
     stream = gradient_delay_correction(stream, cfg, stats)
     for out in reconstruct_frames(stream, cfg, protocol, stats):

@@ -28,12 +28,17 @@ def _compress(acq: ismrmrd.Acquisition, matrix: np.ndarray) -> ismrmrd.Acquisiti
     return out
 
 
-def coil_compression(items, virtual_coils: int, training_spokes: int = 64):
+def coil_compression(items, virtual_coils: int, training_spokes: int = 64, header_coils: int = 0):
     """Compress imaging spokes to ``virtual_coils`` principal components computed from the
     first ``training_spokes`` of them (held back until then, then released in order; other
     items are held with them, non-imaging acquisitions pass uncompressed).
-    ``virtual_coils=0`` passes everything unchanged."""
+    ``virtual_coils=0`` passes everything unchanged, and so does a stream whose header
+    announces ``0 < header_coils <= virtual_coils`` (nothing to compress, no spokes held)."""
     if virtual_coils <= 0:
+        yield from items
+        return
+    if 0 < header_coils <= virtual_coils:
+        log.info("virtual_coils=%d >= the header's %d coils: no compression", virtual_coils, header_coils)
         yield from items
         return
     held: list = []

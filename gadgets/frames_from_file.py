@@ -24,7 +24,7 @@ def load_frames(path: str, cfg):
         protocol.spokes_per_frame = plan.spokes
         stats = ChainStats()
         stream = noise_adjust(read_acquisitions(dset), header, stats, enabled=cfg.prewhiten)
-        stream = coil_compression(stream, cfg.virtual_coils, cfg.compression_spokes)
+        stream = coil_compression(stream, cfg.virtual_coils, cfg.compression_spokes, header_coils=protocol.coils)
         stream = frame_buffer(stream, protocol, cfg.ordering or protocol.ordering, plan, stats=stats,
                               min_partial_fraction=cfg.min_partial_fraction)
         stream = gradient_delay_correction(stream, cfg, stats)

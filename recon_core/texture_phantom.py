@@ -30,6 +30,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .phantom import _smooth_field, _soft
+
+#: ``_smooth_field(rng, n, c)`` has the spectrum ``exp(-(k/c)^2)``: a Gaussian of standard
+#: deviation ``c / sqrt(2)`` cycles per FOV; the widths below are standard deviations
+_STD = math.sqrt(2.0)
+
+
+def _field(rng: np.random.Generator, n: int, width: float) -> np.ndarray:
+    """Zero-mean, unit-std real random field ``(n, n)``, Gaussian spectrum of standard
+    deviation ``width`` cycles per FOV."""
+    return _smooth_field(rng, n, _STD * width)
+
 
 @dataclass
 class TextureObject:
@@ -64,27 +76,12 @@ def random_texture_object(rng: np.random.Generator) -> TextureObject:
         breath_amplitude=(u(-0.05, 0.05), u(-0.05, 0.05)))
 
 
-def _field(rng: np.random.Generator, n: int, cutoff: float) -> np.ndarray:
-    """Zero-mean, unit-std real random field ``(n, n)`` with a Gaussian spectrum of width
-    ``cutoff`` cycles per FOV."""
-    f = np.fft.fftfreq(n) * n
-    k = np.hypot(f[:, None], f[None, :])
-    spectrum = (rng.normal(size=(n, n)) + 1j * rng.normal(size=(n, n))) * np.exp(-0.5 * (k / cutoff) ** 2)
-    x = np.fft.ifft2(spectrum).real
-    return (x - x.mean()) / (x.std() + 1e-12)
-
-
 def _power_law(rng: np.random.Generator, n: int, beta: float) -> np.ndarray:
     """Zero-mean, unit-std field with power spectrum ``1/f^beta`` (fine to coarse texture)."""
     f = np.fft.fftfreq(n) * n
     k = np.maximum(np.hypot(f[:, None], f[None, :]), 1.0)
     x = np.fft.ifft2((rng.normal(size=(n, n)) + 1j * rng.normal(size=(n, n))) * k ** (-beta / 2)).real
     return (x - x.mean()) / (x.std() + 1e-12)
-
-
-def _soft_step(d: np.ndarray, width: float) -> np.ndarray:
-    """1 where ``d < 0``, 0 where ``d > 0``, a logistic edge ``width`` wide."""
-    return 1.0 / (1.0 + np.exp(np.clip(d / width, -50, 50)))
 
 
 def _curve_distance(x, y, points: np.ndarray) -> np.ndarray:
@@ -105,15 +102,15 @@ class TexturePhantom:
         rng = np.random.default_rng(obj.seed)
         g = (np.arange(n) - n / 2 + 0.5) / (n / 2)
         y, x = np.meshgrid(g, g, indexing="ij")
-        edge = 1.0 / n                                       # about one fine pixel
+        edge = 1.0 / n                    # one fine pixel; phantom._soft's edges are 2 edge wide (a logistic of width edge)
         a, b, ang = rng.uniform(0.55, 0.9), rng.uniform(0.45, 0.85), rng.uniform(0, math.pi)
         xr, yr = x * math.cos(ang) + y * math.sin(ang), -x * math.sin(ang) + y * math.cos(ang)
         outline = np.hypot(xr / a, yr / b) - 1.0 + 0.25 * _field(rng, n, 2.5) * rng.uniform(0.2, 1.0)
-        support = _soft_step(outline * min(a, b), edge)
+        support = _soft(outline * min(a, b), 2 * edge)
         img = np.full((n, n), rng.uniform(0.2, 0.6))
         for _ in range(obj.regions):
             level = rng.uniform(0.3, 1.6)
-            region = _soft_step((level - _field(rng, n, rng.uniform(2.0, 9.0))) * 0.05, edge)
+            region = _soft((level - _field(rng, n, rng.uniform(2.0, 9.0))) * 0.05, 2 * edge)
             intensity = rng.uniform(0.0, 0.15) if rng.uniform() < 0.3 else rng.uniform(0.2, 1.0)
             img = img * (1 - region) + intensity * region
         for _ in range(obj.curves):
@@ -122,12 +119,12 @@ class TexturePhantom:
             kernel = np.exp(-0.5 * (np.arange(-4, 5) / 2.0) ** 2)
             smooth = np.stack([np.convolve(steps[:, i], kernel / kernel.sum(), mode="same") for i in range(2)], 1)
             width = rng.uniform(0.4, 2.0) * edge
-            line = _soft_step(_curve_distance(x, y, start + smooth) - width, edge * 0.5)
+            line = _soft(_curve_distance(x, y, start + smooth) - width, edge)
             value = rng.uniform(0.0, 0.1) if rng.uniform() < 0.4 else rng.uniform(0.6, 1.2)
             img = img * (1 - line) + value * line
         for _ in range(obj.disks):
             cx, cy, r = rng.uniform(-0.6, 0.6), rng.uniform(-0.6, 0.6), rng.uniform(0.01, 0.05)
-            disk = _soft_step(np.hypot(x - cx, y - cy) - r, edge)
+            disk = _soft(np.hypot(x - cx, y - cy) - r, 2 * edge)
             img = img * (1 - disk) + rng.uniform(0.5, 1.2) * disk
         img = img * np.clip(1.0 + obj.texture_amplitude * _power_law(rng, n, obj.texture_beta), 0.0, None)
         c = rng.normal(0, 0.6, 4)

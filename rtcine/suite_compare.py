@@ -22,6 +22,7 @@ modification time), so scoring a new model recomputes only that model.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -56,9 +57,10 @@ def load_scan_file(path: str, calibration_frames: int = 10) -> dict:
     return {k: scan[k] for k in ("kspace", "coords", "maps", "reference")}
 
 
+@functools.lru_cache(maxsize=1)
 def _preset_digest() -> str:
-    """Short digest of the realtime preset's settings, which the streaming methods run with."""
-    import dataclasses
+    """Short digest of the realtime preset's settings, which the streaming methods run with
+    (read once per process)."""
     import hashlib
 
     from recon_core.config import ReconConfig

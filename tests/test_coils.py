@@ -99,3 +99,29 @@ def test_espirit_lag_installs_the_maps_at_the_same_frame_however_long_espirit_ta
     finally:
         service.close()
     assert sources == ["fallback"] * 4 + ["espirit"] * 3
+
+
+@pytest.mark.parametrize("header_coils, held", [(8, False), (12, True), (0, True)])
+def test_coil_compression_holds_spokes_only_when_the_header_has_more_coils_than_asked(header_coils, held):
+    """virtual_coils=8: a stream whose header announces at most 8 coils passes straight
+    through (its first spoke leaves before the second is read); with more coils, or no
+    count in the header, the first 4 training spokes are held for the PCA matrix."""
+    import ismrmrd
+
+    from gadgets.compression import coil_compression
+
+    rng = np.random.default_rng(0)
+    pulled = []
+
+    def spokes():
+        for i in range(6):
+            acq = ismrmrd.Acquisition.from_array((rng.normal(size=(8, 32)) + 1j * rng.normal(size=(8, 32)))
+                                                 .astype(np.complex64))
+            pulled.append(i)
+            yield acq
+
+    out = coil_compression(spokes(), 8, training_spokes=4, header_coils=header_coils)
+    first = next(out)
+    assert len(pulled) == (4 if held else 1)
+    rest = list(out)
+    assert len(rest) == 5 and first.data.shape == (8, 32)

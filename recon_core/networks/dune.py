@@ -287,4 +287,6 @@ class DUNE(nn.Module):
                 norms.append(float(grad.detach().norm()))
                 z = self.encode(x - eta * grad) + reg
         x = self.decode(z)
-        return (x * problem.support if self.support else x), {"iterations": len(norms), "gradient_norms": norms, "converged": len(norms) == n}
+        if self.support:
+            x = x * problem.support
+        return x, {"iterations": len(norms), "gradient_norms": norms, "converged": len(norms) == n}
