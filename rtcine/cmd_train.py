@@ -57,6 +57,10 @@ def add_parser(sub):
                    help="IMUNNE: fixed point of (1 - w) R(x) + w x0, anchored at the CG-SENSE start x0: "
                         "iteration contracts by at least 1 - w per step, so it converges instead of "
                         "drifting (0: the fixed point of R)")
+    p.add_argument("--tikhonov", type=float, nargs=2, default=(0.0, 0.0), metavar=("MU_S", "MU_T"),
+                   help="IMUNNE, DUNE, FLAT: add the quadratic smoothness prior mu_s/2 |D_s x|^2 + mu_t/2 |D_t x|^2 "
+                        "to the data term they step along (spatial and temporal differences; damps the directions "
+                        "the radial data leave free)")
     p.add_argument("--support", action="store_true",
                    help="IMUNNE and FLAT: project every iterate, DUNE: its output, onto the coil maps' "
                         "support (the data say nothing outside it)")
@@ -174,6 +178,7 @@ def _run(args, device, distributed) -> int:
     cfg = TrainConfig(model=model, channels=args.channels, levels=args.levels, max_iter=args.max_iter,
                       noise_input=args.noise_input,
                       tol=args.tol, anderson=args.anderson, start_weight=args.start_weight, support=args.support,
+                      tikhonov=tuple(args.tikhonov),
                       blocks=args.blocks, window=args.window,
                       batch=args.batch, steps=args.steps, lr=args.lr,
                       validate_every=args.validate_every, checkpoint_every=args.checkpoint_every,
@@ -277,7 +282,7 @@ def _finetune_settings(args) -> dict:
     kind = meta["kind"]
     out = {"model": kind, "init": path}
     for key in ("channels", "levels", "unshuffle", "eta", "noise_input", "tol", "anderson", "start_weight",
-                "support", "blocks", "dc", "schedule"):
+                "support", "tikhonov", "blocks", "dc", "schedule"):
         if key in arch:
             out[key] = arch[key]
     if kind == "dune" and "iterations" in arch:

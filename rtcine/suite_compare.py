@@ -17,7 +17,7 @@ in-distribution scans. Scores: magnitude PSNR and SSIM after least-squares scali
 frame against the file's reference, averaged over frames, then over the scans of an axis;
 ``shifted`` is the mean over all test scans. Results are cached per method and file
 (``<suite>/compare_cache.json``; network entries are keyed by the model file's path and
-modification time), so scoring a new model recomputes only that model.
+the modification time of it and its YAML), so scoring a new model recomputes only that model.
 """
 from __future__ import annotations
 
@@ -107,7 +107,9 @@ class Runner:
             parts.append(f"lam={lam:g}")
         if method in NETWORK_FILES:
             path = self.model_file(method)
-            parts.append(f"{os.path.abspath(path)}@{os.path.getmtime(path):.0f}")
+            yaml_twin = path[:-len(".safetensors")] + ".yaml"     # the arch (e.g. tikhonov) is part of the model
+            stamp = max(os.path.getmtime(p) for p in (path, yaml_twin) if os.path.exists(p))
+            parts.append(f"{os.path.abspath(path)}@{stamp:.0f}")
         if method == "imunne":
             parts.append(f"maxit={self.imunne_max_iter}")
         if method == "cs-stream":

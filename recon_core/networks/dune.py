@@ -50,7 +50,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .cunet import Stage, _depth_to_space, _space_to_depth
-from .problem import Problem
+from .problem import Problem, prior_weights
 
 
 def _to_channels(x: torch.Tensor) -> torch.Tensor:
@@ -213,9 +213,10 @@ class DUNE(nn.Module):
                  iterations: int = 4, latent: int = 16, dc: str = "vjp", shared: bool = False,
                  encoder: nn.Module | None = None, decoder: nn.Module | None = None,
                  latent_channels: int | None = None, regularizers: list[nn.Module] | None = None,
-                 support: bool = False):
+                 support: bool = False, tikhonov=(0.0, 0.0)):
         super().__init__()
         self.support = support
+        self.tikhonov = prior_weights(tikhonov)     # smoothness prior added to f (Problem.gradient)
         if dc not in ("vjp", "heuristic"):
             raise ValueError(f"dc={dc!r}: expected 'vjp' or 'heuristic'")
         self.dc, self.iterations, self.shared = dc, iterations, shared
@@ -255,7 +256,7 @@ class DUNE(nn.Module):
             if not z.requires_grad:
                 z = z.detach().requires_grad_(True)
             x = self.decode(z)
-            residual = problem.gradient(x)            # A^H (A x - y_w) / L = (normal(x) - rhs) / L
+            residual = problem.gradient(x, self.tikhonov)   # A^H (A x - y_w) / L (+ the prior's gradient)
             (g,) = torch.autograd.grad(x, z, grad_outputs=residual, create_graph=create_graph)
         if not create_graph:
             g, x = g.detach(), x.detach()
@@ -283,7 +284,7 @@ class DUNE(nn.Module):
                 z = z - eta * g + reg
             else:
                 x = self.decode(z)
-                grad = problem.gradient(x)
+                grad = problem.gradient(x, self.tikhonov)
                 norms.append(float(grad.detach().norm()))
                 z = self.encode(x - eta * grad) + reg
         x = self.decode(z)

@@ -33,7 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .cunet import CUNet, Stage
-from .problem import Problem
+from .problem import Problem, prior_weights
 
 SCHEDULES = ("uniform", "cosine")
 
@@ -76,11 +76,15 @@ class TimeCUNet(CUNet):
 
 
 class Velocity(nn.Module):
-    """``v_theta(x, t, y) = alpha A^H(A x - y_w)/L + U_theta(x, t)``."""
+    """``v_theta(x, t, y) = alpha grad F(x) + U_theta(x, t)``, ``grad F = A^H(A x - y_w)/L``
+    plus the smoothness prior's gradient for ``tikhonov = (mu_s, mu_t)``
+    (:meth:`~recon_core.networks.problem.Problem.gradient`)."""
 
-    def __init__(self, channels=16, levels=2, unshuffle=2, alpha: float = 4.0):
+    def __init__(self, channels=16, levels=2, unshuffle=2, alpha: float = 4.0,
+                 tikhonov: tuple[float, float] = (0.0, 0.0)):
         super().__init__()
         self.net = TimeCUNet(channels, levels, unshuffle)
+        self.tikhonov = prior_weights(tikhonov)
         self.alpha_raw = nn.Parameter(torch.tensor(float(torch.log(torch.expm1(torch.tensor(float(alpha)))))))
 
     @property
@@ -88,19 +92,19 @@ class Velocity(nn.Module):
         return F.softplus(self.alpha_raw)
 
     def forward(self, x: torch.Tensor, t: float, problem: Problem) -> torch.Tensor:
-        return self.alpha * problem.gradient(x) + self.net(x[None], t)[0]
+        return self.alpha * problem.gradient(x, self.tikhonov) + self.net(x[None], t)[0]
 
 
 class FLAT(nn.Module):
     kind = "flat"
 
     def __init__(self, channels=16, levels=2, unshuffle=2, eta: float = 1.0, steps: int = 4,
-                 schedule: str = "uniform", support: bool = False):
+                 schedule: str = "uniform", support: bool = False, tikhonov=(0.0, 0.0)):
         super().__init__()
         flat_schedule(steps, schedule)                       # validate
         self.steps, self.schedule = steps, schedule
         self.support = support
-        self.velocity = Velocity(channels, levels, unshuffle, alpha=eta * steps)
+        self.velocity = Velocity(channels, levels, unshuffle, alpha=eta * steps, tikhonov=tikhonov)
 
     #: warm start (streaming): the flow is entered at this time, on the straight path between
     #: the frame's CG-SENSE start (t = 1) and the previous window's estimate (standing in for

@@ -18,6 +18,17 @@ has ``E|n|^2 = 2 * relativeReceiverNoiseBandwidth`` per complex sample whatever 
 times, so ``noise = WHITENED_NOISE_STD / scale``; the intensity scale alone then tells a
 network the scan's SNR. (Data that were never prewhitened have an unknown noise level;
 the same formula is used.)
+
+A network may add a quadratic smoothness prior to the data term (``prior = (mu_s, mu_t)``
+in :meth:`Problem.gradient`, a model's ``arch: tikhonov``): the energy whose gradient it
+steps along is then
+
+    F(x) = ||A x - y_w||^2 / (2L) + mu_s/2 ||D_s x||^2 + mu_t/2 ||D_t x||^2
+
+``D_s`` the spatial and ``D_t`` the temporal forward differences over the window's frames
+(:mod:`recon_core.compressed_sensing`). It damps what radial data leave free, high spatial
+and temporal frequencies, by at most ``eta (8 mu_s + 4 mu_t)`` per unit step, and leaves
+the densely sampled low frequencies to the data.
 """
 from __future__ import annotations
 
@@ -27,6 +38,7 @@ from functools import cached_property
 import torch
 
 from ..coils import DEFAULT_RECEIVER_NOISE_BANDWIDTH
+from ..compressed_sensing import spatial_grad, spatial_grad_adjoint, temporal_diff, temporal_diff_adjoint
 from ..operators import RadialSense, lipschitz_estimate
 from ..reconstructors import flatten_kspace, make_operator
 from ..solvers import conjugate_gradient
@@ -34,6 +46,14 @@ from ..solvers import conjugate_gradient
 
 #: standard deviation of prewhitened k-space noise per complex sample (see the module docstring)
 WHITENED_NOISE_STD = (2.0 * DEFAULT_RECEIVER_NOISE_BANDWIDTH) ** 0.5
+
+
+def prior_weights(tikhonov) -> tuple[float, float]:
+    """A model's ``arch: tikhonov`` as the ``prior`` of :meth:`Problem.gradient`: ``(mu_s, mu_t)``,
+    both >= 0 (a clear error otherwise)."""
+    if len(tikhonov) != 2 or min(tikhonov) < 0:
+        raise ValueError(f"tikhonov={list(tikhonov)}: expected [mu_spatial, mu_temporal], both >= 0")
+    return float(tikhonov[0]), float(tikhonov[1])
 
 
 @dataclass
@@ -61,9 +81,17 @@ class Problem:
         maps = self.op.maps
         return (maps.abs().reshape(-1, *maps.shape[-2:]) > 0).any(0)
 
-    def gradient(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised data-consistency gradient ``A^H (A x - y_w) / L`` (Toeplitz, pure torch)."""
-        return (self.op.normal(x) - self.rhs) / self.lipschitz
+    def gradient(self, x: torch.Tensor, prior: tuple[float, float] = (0.0, 0.0)) -> torch.Tensor:
+        """``(T, Y, X)``: the normalised data-consistency gradient ``A^H (A x - y_w) / L``
+        (Toeplitz, pure torch), plus ``mu_s D_s^H D_s x + mu_t D_t^H D_t x`` for ``prior =
+        (mu_s, mu_t)`` (the smoothness prior of the module docstring)."""
+        g = (self.op.normal(x) - self.rhs) / self.lipschitz
+        mu_s, mu_t = prior
+        if mu_s:
+            g = g + mu_s * spatial_grad_adjoint(spatial_grad(x))
+        if mu_t and x.shape[0] > 1:
+            g = g + mu_t * temporal_diff_adjoint(temporal_diff(x))
+        return g
 
 
 def intensity_scale(x0: torch.Tensor) -> float:

@@ -47,6 +47,7 @@ class TrainConfig:
     anderson: int = 0            # IMUNNE: Anderson memory of the fixed-point solver (0: plain iteration)
     start_weight: float = 0.0    # IMUNNE: fixed point of (1 - w) R(x) + w x0 (0: of R itself)
     support: bool = False        # IMUNNE, DUNE, FLAT: images projected onto the coil maps' support
+    tikhonov: tuple = (0.0, 0.0)  # IMUNNE, DUNE, FLAT: (mu_s, mu_t) of the smoothness prior in its gradient step
     blocks: int = 4              # Alt-UN
     window: int = 5
     batch: int = 1               # windows per step (per process under torchrun)
@@ -146,6 +147,8 @@ class TrainConfig:
                 a["start_weight"] = self.start_weight
         if self.support and self.model in ("imunne", "dune", "flat"):
             a["support"] = True
+        if any(self.tikhonov) and self.model in ("imunne", "dune", "flat"):
+            a["tikhonov"] = [float(v) for v in self.tikhonov]
         if self.model == "altun":
             a.update(blocks=self.blocks)
         if self.model == "dune":
