@@ -107,8 +107,8 @@ class Runner:
             parts.append(f"lam={lam:g}")
         if method in NETWORK_FILES:
             path = self.model_file(method)
-            yaml_twin = path[:-len(".safetensors")] + ".yaml"     # the arch (e.g. tikhonov) is part of the model
-            stamp = max(os.path.getmtime(p) for p in (path, yaml_twin) if os.path.exists(p))
+            from recon_core.networks.checkpoint import model_files
+            stamp = max(os.path.getmtime(p) for p in model_files(path) if os.path.exists(p))   # arch lives in the YAML
             parts.append(f"{os.path.abspath(path)}@{stamp:.0f}")
         if method == "imunne":
             parts.append(f"maxit={self.imunne_max_iter}")

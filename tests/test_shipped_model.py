@@ -44,8 +44,8 @@ def test_offline_beats_cgsense(heldout):
 def test_shipped_imunne_does_not_degrade_with_more_iterations(heldout):
     """Plain iteration of the shipped IMUNNE's map from the CG-SENSE start: 150 iterations
     are no worse than its best count and well above CG-SENSE (the map's smoothness prior
-    damps the drift along its slowest mode; without it, this scan peaks at ~40 iterations
-    and declines)."""
+    damps the drift along its slowest mode; without it, this scan peaks at 40-80 iterations,
+    30.5 dB, and falls to 29.8 at 150)."""
     from recon_core.metrics import psnr
     from recon_core.networks.problem import make_problem
     from recon_core.reconstructors import cg_sense

@@ -23,6 +23,12 @@ def _base(path: str) -> str:
     return path[:-len(".safetensors")] if path.endswith(".safetensors") else path
 
 
+def model_files(path: str) -> tuple[str, str]:
+    """``(weights, yaml)``: the two files of the model ``path`` (``.safetensors`` or its base name)."""
+    base = _base(path)
+    return base + ".safetensors", base + ".yaml"
+
+
 def save_checkpoint(path: str, model: torch.nn.Module, kind: str, arch: dict, training: dict | None = None,
                     extra_tensors: dict | None = None, meta: dict | None = None) -> None:
     """Write ``path`` (``.safetensors``) and its ``.yaml`` twin atomically; ``meta``: further
@@ -54,7 +60,7 @@ def load_checkpoint(path: str, device: str = "cpu"):
     ``FileNotFoundError`` naming the missing file, or ``ValueError`` naming the file that
     cannot be read or does not match its configuration."""
     base = _base(path)
-    for p in (base + ".safetensors", base + ".yaml"):
+    for p in model_files(path):
         if not os.path.exists(p):
             raise FileNotFoundError(f"model file {p} does not exist")
     try:

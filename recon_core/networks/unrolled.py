@@ -92,7 +92,7 @@ class IMUNNE(nn.Module):
         super().__init__()
         if not 0.0 <= start_weight < 1.0:
             raise ValueError(f"start_weight={start_weight}: expected 0 <= w < 1")
-        self.block = UpdateOperator(channels, levels, unshuffle, eta, noise_input, prior_weights(tikhonov))
+        self.block = UpdateOperator(channels, levels, unshuffle, eta, noise_input, tikhonov)
         self.max_iter, self.tol, self.anderson = max_iter, tol, anderson
         self.start_weight = start_weight
         self.support = support
