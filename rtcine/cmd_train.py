@@ -57,10 +57,14 @@ def add_parser(sub):
                    help="IMUNNE: fixed point of (1 - w) R(x) + w x0, anchored at the CG-SENSE start x0: "
                         "iteration contracts by at least 1 - w per step, so it converges instead of "
                         "drifting (0: the fixed point of R)")
-    p.add_argument("--tikhonov", type=float, nargs=2, default=(0.0, 0.0), metavar=("MU_S", "MU_T"),
+    p.add_argument("--tikhonov", type=float, nargs=2, default=None, metavar=("MU_S", "MU_T"),
                    help="IMUNNE, DUNE, FLAT: add the quadratic smoothness prior mu_s/2 |D_s x|^2 + mu_t/2 |D_t x|^2 "
                         "to the data term they step along (spatial and temporal differences; damps the directions "
-                        "the radial data leave free)")
+                        "the radial data leave free; default none, or the --finetune model's)")
+    p.add_argument("--memory", type=float, default=None, metavar="MU_M",
+                   help="IMUNNE in a stream: add mu_m/2 |x_0 - previous|^2, the temporal difference between the "
+                        "window's first frame and the image the stream emitted before it (default none, or the "
+                        "--finetune model's)")
     p.add_argument("--support", action="store_true",
                    help="IMUNNE and FLAT: project every iterate, DUNE: its output, onto the coil maps' "
                         "support (the data say nothing outside it)")
@@ -96,12 +100,14 @@ def add_parser(sub):
                         "also replays the stream on a clip of --stream-clip frames (sliding windows, warm "
                         "start, --stream-updates updates per window), backpropagating through all of it, "
                         "and scores every emitted image against the reference")
-    p.add_argument("--stream-window", type=int, default=2, help="streaming loss: frames per sliding window")
-    p.add_argument("--stream-lookahead", type=int, default=1,
+    p.add_argument("--stream-window", type=int, default=None,
+                   help="streaming loss: frames per sliding window (default 2, or the --finetune model's)")
+    p.add_argument("--stream-lookahead", type=int, default=None,
                    help="streaming loss: frames of look-ahead (a frame is emitted once this many newer "
-                        "frames are in its window)")
-    p.add_argument("--stream-updates", type=int, default=1,
-                   help="streaming loss: network updates R(x) per window (the stream's max_iterations)")
+                        "frames are in its window; default 1, or the --finetune model's)")
+    p.add_argument("--stream-updates", type=int, default=None,
+                   help="streaming loss: network updates R(x) per window (the stream's max_iterations; "
+                        "default 1, or the --finetune model's)")
     p.add_argument("--stream-clip", type=int, default=8,
                    help="streaming loss: consecutive frames per clip (memory and time grow with it)")
     p.add_argument("--stream-burn-in", type=int, default=0,
@@ -178,7 +184,7 @@ def _run(args, device, distributed) -> int:
     cfg = TrainConfig(model=model, channels=args.channels, levels=args.levels, max_iter=args.max_iter,
                       noise_input=args.noise_input,
                       tol=args.tol, anderson=args.anderson, start_weight=args.start_weight, support=args.support,
-                      tikhonov=tuple(args.tikhonov),
+                      tikhonov=tuple(args.tikhonov or (0.0, 0.0)), memory=args.memory or 0.0,
                       blocks=args.blocks, window=args.window,
                       batch=args.batch, steps=args.steps, lr=args.lr,
                       validate_every=args.validate_every, checkpoint_every=args.checkpoint_every,
@@ -189,12 +195,19 @@ def _run(args, device, distributed) -> int:
                       ssdu_fraction=args.ssdu_fraction, dc=args.dc, schedule=args.schedule,
                       flat_velocity_weight=args.flat_velocity_weight,
                       noise_augment=args.noise_augment, stream_weight=args.stream_weight,
-                      stream_window=args.stream_window, stream_lookahead=args.stream_lookahead,
-                      stream_updates=args.stream_updates, stream_clip=args.stream_clip,
+                      stream_window=_or(args.stream_window, 2), stream_lookahead=_or(args.stream_lookahead, 1),
+                      stream_updates=_or(args.stream_updates, 1), stream_clip=args.stream_clip,
                       stream_burn_in=args.stream_burn_in, window_weight=args.window_weight,
                       anchor=bool(args.anchor_scans))
     for key, value in finetune.items():          # the fine-tuned model's architecture and schedule
         setattr(cfg, key, value)
+    if args.tikhonov is not None:                # ... unless set here
+        cfg.tikhonov = tuple(args.tikhonov)
+    if args.memory is not None:
+        cfg.memory = args.memory
+    for key in ("window", "lookahead", "updates"):
+        if getattr(args, f"stream_{key}") is not None:
+            setattr(cfg, f"stream_{key}", getattr(args, f"stream_{key}"))
     history = train(cfg, train_paths, val_paths, out, resume=not args.fresh)
     if not main:
         return 0
@@ -270,6 +283,10 @@ def _prepare_recorded(files, folder, min_frames, show, with_reference=False) -> 
     return paths
 
 
+def _or(value, default):
+    return default if value is None else value
+
+
 def _finetune_settings(args) -> dict:
     """The TrainConfig fields of the model ``--finetune`` names: kind, architecture,
     streaming schedule, and its weights as ``init``."""
@@ -282,7 +299,7 @@ def _finetune_settings(args) -> dict:
     kind = meta["kind"]
     out = {"model": kind, "init": path}
     for key in ("channels", "levels", "unshuffle", "eta", "noise_input", "tol", "anderson", "start_weight",
-                "support", "tikhonov", "blocks", "dc", "schedule"):
+                "support", "tikhonov", "memory", "blocks", "dc", "schedule"):
         if key in arch:
             out[key] = arch[key]
     if kind == "dune" and "iterations" in arch:

@@ -82,8 +82,9 @@ class Runner:
 
     def __init__(self, suite_dir: str, model_dir: str, imunne_max_iter: int = 50, bart_iterations: int = 30,
                  cs_iterations: int = 20, log=print, use_cache: bool = True, paced: bool = True,
-                 cached_only: bool = False):
+                 cached_only: bool = False, stream_overrides: dict | None = None):
         self.dir, self.model_dir, self.log, self.paced = suite_dir, model_dir, log, paced
+        self.stream_overrides = dict(stream_overrides or {})    # ReconConfig fields over the realtime preset
         self.cached_only = cached_only
         self.imunne_max_iter, self.bart_iterations, self.cs_iterations = imunne_max_iter, bart_iterations, cs_iterations
         self.cache_path = os.path.join(suite_dir, CACHE)
@@ -119,6 +120,8 @@ class Runner:
             parts.append(f"preset={_preset_digest()}")      # a changed realtime preset is not a cached result
         if method in STREAMING and not self.paced:
             parts.append(f"unpaced|espirit-lag={UNPACED_ESPIRIT_LAG}")
+        if method in STREAMING and self.stream_overrides:
+            parts.append("overrides=" + ",".join(f"{k}={v}" for k, v in sorted(self.stream_overrides.items())))
         return "|".join(parts)
 
     def scan(self, rel: str) -> dict:
@@ -172,6 +175,7 @@ class Runner:
             cfg = ReconConfig.from_preset("realtime", model=self.model_file("realtime"))
         else:
             cfg = ReconConfig.from_preset("realtime", recon="cs", model="", cs_lambda=lam)
+        cfg = dataclasses.replace(cfg, **self.stream_overrides)
         if not self.paced:          # the schedule's full budget: no deadline, no overload policy, and the
             # ESPIRiT maps installed at the frame a paced run gets them, not whenever the thread finishes
             cfg = dataclasses.replace(cfg, deadline_ms=0.0, overload="none", espirit_lag=UNPACED_ESPIRIT_LAG)

@@ -261,6 +261,36 @@ def test_imunne_smoothness_prior_is_the_gradient_of_its_energy_and_damps_the_fre
         build_model("imunne", **{**arch, "tikhonov": [-1.0, 0.0]})
 
 
+def test_memory_pulls_the_first_frame_toward_the_streams_previous_image(tmp_path):
+    """arch memory=mu_m: with a ``previous`` image the step adds the gradient of mu_m/2 |x_0 -
+    previous|^2 (autograd) to the first frame only; without one (offline windows) nothing;
+    a saved model keeps the weight, a negative one is refused."""
+    import dataclasses
+
+    from recon_core.networks.problem import make_problem
+    from recon_core.networks.unrolled import build_model
+    from recon_core.training.checkpoint import load_checkpoint, save_checkpoint
+    from conftest import disc_scan
+
+    kspace, coords, maps, _ = disc_scan(16, 3, 3, 7)
+    problem = make_problem(kspace, coords, maps)
+    arch = {"channels": 4, "levels": 1, "unshuffle": 2, "eta": 0.5, "max_iter": 3, "memory": 0.4}
+    model = build_model("imunne", **arch)
+    previous = torch.randn_like(problem.x0[0])
+    streamed = dataclasses.replace(problem, previous=previous)
+    x = torch.randn_like(problem.x0).requires_grad_(True)
+    (auto,) = torch.autograd.grad(0.4 / 2 * (x[0] - previous).abs().pow(2).sum(), x)
+    with torch.no_grad():
+        pull = streamed.gradient(x, memory=model.block.memory) - streamed.gradient(x)
+        assert torch.equal(problem.gradient(x, memory=0.4), problem.gradient(x))
+    assert torch.allclose(pull, auto, atol=1e-5) and pull[1:].abs().max() == 0
+    save_checkpoint(str(tmp_path / "m"), model, "imunne", arch, {"note": "test"})
+    loaded, _, _ = load_checkpoint(str(tmp_path / "m.safetensors"))
+    assert loaded.block.memory == 0.4
+    with pytest.raises(ValueError, match="memory"):
+        build_model("imunne", **{**arch, "memory": -0.1})
+
+
 @pytest.mark.parametrize("kind", ["dune", "flat"])
 def test_dune_and_flat_step_along_the_same_prior(kind):
     """``arch: tikhonov`` reaches the data term DUNE and FLAT step along; an invalid one is refused."""

@@ -68,6 +68,13 @@ def test_finetune_the_realtime_model_on_recorded_files_ssdu(recordings, tmp_path
     assert t["loss"].startswith("SSDU") and "streamed" in t["loss"] and t["steps"] == 2
     assert t["init"].endswith("imunne_rt_small.safetensors")
     assert np.isfinite(t["val"][0]["stream_psnr"])                 # validated on the schedule it runs
+    # a setting given here wins over the fine-tuned model's; the rest of its architecture is kept
+    changed = [a if a != str(out) else str(tmp_path / "mem") for a in cmd] + ["--memory", "0.2", "--stream-updates", "1"]
+    r = subprocess.run(changed, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    meta = yaml.safe_load(open(tmp_path / "mem" / "model.yaml"))
+    assert meta["arch"] == {**shipped["arch"], "memory": 0.2, "max_iter": 1}
+    assert meta["streaming"] == {**shipped["streaming"], "updates": 1}
     # anchored by simulated scans (supervised) while the recorded ones train by SSDU
     from recon_core.training.data import build_split
     sim = tmp_path / "sim"

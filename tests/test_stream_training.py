@@ -25,10 +25,10 @@ def scan():
     return disc_scan(32, 7, 4, 9)
 
 
-def _perturbed_imunne(seed=1, size=0.05):
+def _perturbed_imunne(seed=1, size=0.05, **arch):
     """A small IMUNNE whose weights are moved off their initialisation (the zero-initialised
     last layer would make the regulariser zero and block the gradients before it)."""
-    model = build_model("imunne", **ARCH)
+    model = build_model("imunne", **ARCH, **arch)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
@@ -36,12 +36,13 @@ def _perturbed_imunne(seed=1, size=0.05):
     return model
 
 
-@pytest.mark.parametrize("window,lookahead,updates,frames", [
-    (2, 1, 1, range(1, 7)), (3, 1, 2, range(0, 7)), (3, 0, 1, range(0, 4)),
-    (3, 2, 1, range(2, 3))])                 # a clip shorter than the look-ahead: all emitted at flush
-def test_replay_emits_what_the_stream_emits(scan, window, lookahead, updates, frames):
+@pytest.mark.parametrize("window,lookahead,updates,frames,memory", [
+    (2, 1, 1, range(1, 7), 0.0), (3, 1, 2, range(0, 7), 0.0), (3, 0, 1, range(0, 4), 0.0),
+    (3, 2, 1, range(2, 3), 0.0),             # a clip shorter than the look-ahead: all emitted at flush
+    (2, 1, 2, range(0, 7), 0.5), (3, 1, 1, range(0, 7), 0.5)])    # the pull toward the previous image
+def test_replay_emits_what_the_stream_emits(scan, window, lookahead, updates, frames, memory):
     kspace, coords, maps, _ = scan
-    model = _perturbed_imunne().eval()
+    model = _perturbed_imunne(memory=memory).eval()
     cfg = ReconConfig(recon="imunne", window=window, lookahead=lookahead, max_iterations=updates,
                       tolerance=1e-9, warm_start=True)
     stream = StreamingNetworkRecon(model, cfg, "cpu", cg_start_iterations=3)
@@ -66,6 +67,13 @@ def test_replay_emits_what_the_stream_emits(scan, window, lookahead, updates, fr
     with torch.no_grad():
         more = streaming_outputs(model, cache, frames, window, lookahead, updates + 3) * scale
     assert float((more - theirs).abs().max() / theirs.abs().max()) > 1e-2
+    if memory:                               # the memory term acts from the first window with a frame before it
+        model.block.memory = 0.0
+        with torch.no_grad():
+            plain = streaming_outputs(model, cache, frames, window, lookahead, updates) * scale
+        first = window - lookahead           # the first frame emitted from a window with a predecessor
+        assert torch.allclose(plain[:first], theirs[:first], atol=1e-4 * float(theirs.abs().max()))
+        assert float((plain[first:] - theirs[first:]).abs().max() / theirs.abs().max()) > 1e-3
 
 
 def test_streaming_loss_backpropagates_through_the_whole_clip(scan):

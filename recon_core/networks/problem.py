@@ -29,6 +29,18 @@ steps along is then
 (:mod:`recon_core.compressed_sensing`). It damps what radial data leave free, high spatial
 and temporal frequencies, by at most ``eta (8 mu_s + 4 mu_t)`` per unit step, and leaves
 the densely sampled low frequencies to the data.
+
+A stream's window may carry ``previous``, the stream's last estimate of the frame just
+before the window (for 2-frame windows with 1 look-ahead, the image it emitted; fixed, not a
+variable). A network's ``arch: memory`` weight ``mu_m``
+then adds the temporal difference across the window's start,
+
+    + mu_m/2 ||x_0 - previous||^2
+
+so a sliding window of 2 frames keeps a memory of every frame before it at no extra NUFFT:
+what the current frames' spokes leave undetermined or noisy is pulled toward the stream's
+last image, a recursive (Kalman-like) temporal average, the temporal regularisation of
+real-time radial NLINV (Uecker et al. 2010), which damps toward the previous frame.
 """
 from __future__ import annotations
 
@@ -67,6 +79,7 @@ class Problem:
     scale: float
     lipschitz: float = 0.0
     noise: float = 0.0
+    previous: torch.Tensor | None = None      # (Y, X): the stream's image of the frame before the window
 
     def __post_init__(self):
         if not self.lipschitz:
@@ -81,16 +94,19 @@ class Problem:
         maps = self.op.maps
         return (maps.abs().reshape(-1, *maps.shape[-2:]) > 0).any(0)
 
-    def gradient(self, x: torch.Tensor, prior: tuple[float, float] = (0.0, 0.0)) -> torch.Tensor:
+    def gradient(self, x: torch.Tensor, prior: tuple[float, float] = (0.0, 0.0), memory: float = 0.0) -> torch.Tensor:
         """``(T, Y, X)``: the normalised data-consistency gradient ``A^H (A x - y_w) / L``
         (Toeplitz, pure torch), plus ``mu_s D_s^H D_s x + mu_t D_t^H D_t x`` for ``prior =
-        (mu_s, mu_t)`` (the smoothness prior of the module docstring)."""
+        (mu_s, mu_t)`` (the smoothness prior of the module docstring), plus ``memory (x_0 -
+        previous)`` on the first frame when the problem has a ``previous`` image."""
         g = (self.op.normal(x) - self.rhs) / self.lipschitz
         mu_s, mu_t = prior
         if mu_s:
             g = g + mu_s * spatial_grad_adjoint(spatial_grad(x))
         if mu_t and x.shape[0] > 1:
             g = g + mu_t * temporal_diff_adjoint(temporal_diff(x))
+        if memory and self.previous is not None:
+            g = torch.cat([g[:1] + memory * (x[:1] - self.previous), g[1:]])
         return g
 
 

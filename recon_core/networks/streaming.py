@@ -13,6 +13,10 @@ FLAT warm-starts differently (:attr:`~recon_core.networks.flat.FLAT.warm_time`):
 window enters the flow between the frames' CG-SENSE starts and these estimates, so its
 frames keep a CG-SENSE start too.
 Cold start (``warm_start=False``) starts every window from the frames' CG-SENSE starts.
+Each window's Problem carries ``previous``, the last estimate of the frame that left the
+window before it (with ``window = lookahead + 1``, the image emitted for that frame), which
+a model with ``arch: memory`` pulls the window's first frame toward
+(:mod:`~recon_core.networks.problem`).
 Each window's loop stops at convergence, at ``max_iterations`` or at the output frame's
 deadline (no update is started that would end past it), whichever comes first; a frame is
 thus refined in ``L + 1`` windows before it is emitted (``(L + 1) x max_iterations``
@@ -101,6 +105,7 @@ class StreamingNetworkRecon:
         # previous estimate, so its slots keep both (a 3-iteration CG of one frame each)
         self.blends_start = bool(cfg.warm_start and getattr(model, "kind", "") == "flat")
         self.held = False               # set by the chain for frames held for the first coil maps
+        self.previous: torch.Tensor | None = None   # (Y, X) estimate of the frame that left the window last
 
     def fresh(self) -> "StreamingNetworkRecon":
         """A reconstructor of the same network and configuration with no stream state (no
@@ -156,7 +161,7 @@ class StreamingNetworkRecon:
         return _Slot(frame, prep.coords, prep.weights, prep.kernel, prep.y_w / s, rhs[0] / s, x0,
                      x0 if start is None else start, prep.lipschitz)
 
-    def _problem(self, maps, slots: list[_Slot]) -> Problem:
+    def _problem(self, maps, slots: list[_Slot], previous: torch.Tensor | None = None) -> Problem:
         coords, weights, y_w = [s.coords for s in slots], [s.weights for s in slots], [s.y_w for s in slots]
         m = max(c.shape[0] for c in coords)
         if any(c.shape[0] != m for c in coords):
@@ -170,7 +175,7 @@ class StreamingNetworkRecon:
         warm = self.cfg.warm_start and not self.blends_start
         x0 = torch.stack([s.x for s in slots]) if warm else torch.stack([s.x0 for s in slots])
         return Problem(op, torch.stack(y_w), torch.stack([s.rhs for s in slots]), x0, self.scale,
-                       lipschitz=max(s.lipschitz for s in slots))      # no host read per window
+                       lipschitz=max(s.lipschitz for s in slots), previous=previous)   # no host read per window
 
     # -- solving ---------------------------------------------------------------------
     def _solve(self, maps, deadline_of) -> dict:
@@ -178,7 +183,8 @@ class StreamingNetworkRecon:
         newest frame, once: half the work or less, and the frame to emit keeps the estimate
         it got as the newest frame."""
         slots = list(self.slots)[-1:] if self.reduced else list(self.slots)
-        problem = self._problem(maps, slots)
+        previous = self.slots[-2].x if self.reduced and len(self.slots) > 1 else self.previous
+        problem = self._problem(maps, slots, previous)
         deadline = None
         if self.cfg.deadline_ms > 0 and deadline_of is not None and not self.held:
             deadline = _Deadline(deadline_of.arrival + self.cfg.deadline_ms / 1e3, self.clock)
@@ -207,7 +213,11 @@ class StreamingNetworkRecon:
             for s in old:                       # the estimates carried over to the new maps' phase
                 start = reproject(s.x, old_maps, maps) if self.cfg.warm_start else None
                 self.slots.append(self._slot(s.frame, maps, start=start))
+            if self.previous is not None and old_maps is not None:
+                self.previous = reproject(self.previous, old_maps, maps)
         start = self.slots[-1].x if self.cfg.warm_start and self.slots else None
+        if len(self.slots) == self.slots.maxlen:
+            self.previous = self.slots[0].x     # leaves the window now: its emitted image
         self.slots.append(self._slot(frame, maps, start=start))
         pos = len(self.slots) - 1 - self.lookahead   # the frame to emit now
         if pos < 0:

@@ -13,7 +13,8 @@ current estimate (the clip's first frame from its CG-SENSE start); once the wind
 ``lookahead + 1`` frames or more, every new frame triggers ``updates`` applications of
 ``model.block`` on the window, and the frame ``lookahead`` places before the newest is
 emitted. At the end (``flush``) the last window is updated once more and its last
-``lookahead`` frames are emitted (nothing to do without look-ahead). All images are in the
+``lookahead`` frames are emitted (nothing to do without look-ahead). Each window's Problem
+carries ``previous``, the current estimate of the frame before it (for ``arch: memory``). All images are in the
 clip's normalised units: divided by one ``scale`` for the whole clip, the 99th percentile
 of the first frame's ``|x0|`` (the stream fixes its scale by its first frame).
 """
@@ -63,7 +64,8 @@ def streaming_outputs(model, cache: FrameCache, frames, window: int = 2, lookahe
         w = slice(max(0, newest + 1 - window), newest + 1)
         op = RadialSense(coords[w], cache.maps, weights[w], kernel=kernel[w])
         x = torch.stack(estimates[w])
-        problem = Problem(op, y_w[w], rhs[w], x, scale)
+        previous = estimates[w.start - 1] if w.start > 0 else None     # the stream's image before the window
+        problem = Problem(op, y_w[w], rhs[w], x, scale, previous=previous)
         for _ in range(updates):
             x = model.block(x, problem)
         estimates[w] = list(x.unbind(0))

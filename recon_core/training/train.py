@@ -48,6 +48,7 @@ class TrainConfig:
     start_weight: float = 0.0    # IMUNNE: fixed point of (1 - w) R(x) + w x0 (0: of R itself)
     support: bool = False        # IMUNNE, DUNE, FLAT: images projected onto the coil maps' support
     tikhonov: tuple = (0.0, 0.0)  # IMUNNE, DUNE, FLAT: (mu_s, mu_t) of the smoothness prior in its gradient step
+    memory: float = 0.0          # IMUNNE: weight of the difference to the stream's previous image (Problem.previous)
     blocks: int = 4              # Alt-UN
     window: int = 5
     batch: int = 1               # windows per step (per process under torchrun)
@@ -149,6 +150,8 @@ class TrainConfig:
             a["support"] = True
         if any(self.tikhonov) and self.model in ("imunne", "dune", "flat"):
             a["tikhonov"] = [float(v) for v in self.tikhonov]
+        if self.memory and self.model == "imunne":
+            a["memory"] = float(self.memory)
         if self.model == "altun":
             a.update(blocks=self.blocks)
         if self.model == "dune":
