@@ -217,7 +217,7 @@ class StreamingNetworkRecon:
                 self.previous = reproject(self.previous, old_maps, maps)
         start = self.slots[-1].x if self.cfg.warm_start and self.slots else None
         if len(self.slots) == self.slots.maxlen:
-            self.previous = self.slots[0].x     # leaves the window now: its emitted image
+            self.previous = self.slots[0].x     # leaves the window now: its last estimate
         self.slots.append(self._slot(frame, maps, start=start))
         pos = len(self.slots) - 1 - self.lookahead   # the frame to emit now
         if pos < 0:
