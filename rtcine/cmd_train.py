@@ -22,6 +22,10 @@ from __future__ import annotations
 import os
 
 
+#: options that default to None: given, they win over the --finetune model's settings
+OVERRIDES = ("tikhonov", "memory", "stream_window", "stream_lookahead", "stream_updates")
+
+
 def add_parser(sub):
     p = sub.add_parser("train", help="train a network (imunne, altun, cunet, dune, flat) on simulated scans")
     p.add_argument("--model", choices=("imunne", "altun", "cunet", "dune", "flat"), default="imunne")
@@ -184,7 +188,6 @@ def _run(args, device, distributed) -> int:
     cfg = TrainConfig(model=model, channels=args.channels, levels=args.levels, max_iter=args.max_iter,
                       noise_input=args.noise_input,
                       tol=args.tol, anderson=args.anderson, start_weight=args.start_weight, support=args.support,
-                      tikhonov=tuple(args.tikhonov or (0.0, 0.0)), memory=args.memory or 0.0,
                       blocks=args.blocks, window=args.window,
                       batch=args.batch, steps=args.steps, lr=args.lr,
                       validate_every=args.validate_every, checkpoint_every=args.checkpoint_every,
@@ -195,19 +198,14 @@ def _run(args, device, distributed) -> int:
                       ssdu_fraction=args.ssdu_fraction, dc=args.dc, schedule=args.schedule,
                       flat_velocity_weight=args.flat_velocity_weight,
                       noise_augment=args.noise_augment, stream_weight=args.stream_weight,
-                      stream_window=_or(args.stream_window, 2), stream_lookahead=_or(args.stream_lookahead, 1),
-                      stream_updates=_or(args.stream_updates, 1), stream_clip=args.stream_clip,
+                      stream_clip=args.stream_clip,
                       stream_burn_in=args.stream_burn_in, window_weight=args.window_weight,
                       anchor=bool(args.anchor_scans))
     for key, value in finetune.items():          # the fine-tuned model's architecture and schedule
         setattr(cfg, key, value)
-    if args.tikhonov is not None:                # ... unless set here
-        cfg.tikhonov = tuple(args.tikhonov)
-    if args.memory is not None:
-        cfg.memory = args.memory
-    for key in ("window", "lookahead", "updates"):
-        if getattr(args, f"stream_{key}") is not None:
-            setattr(cfg, f"stream_{key}", getattr(args, f"stream_{key}"))
+    for key in OVERRIDES:                        # ... unless given here (else TrainConfig's defaults)
+        if getattr(args, key) is not None:
+            setattr(cfg, key, tuple(args.tikhonov) if key == "tikhonov" else getattr(args, key))
     history = train(cfg, train_paths, val_paths, out, resume=not args.fresh)
     if not main:
         return 0
@@ -281,10 +279,6 @@ def _prepare_recorded(files, folder, min_frames, show, with_reference=False) -> 
             raise SystemExit(f"rtcine train: --val-data scans need references (/dataset/reference); "
                              f"{len(missing)} have none, e.g. {missing[0]}")
     return paths
-
-
-def _or(value, default):
-    return default if value is None else value
 
 
 def _finetune_settings(args) -> dict:

@@ -14,9 +14,10 @@ current estimate (the clip's first frame from its CG-SENSE start); once the wind
 ``model.block`` on the window, and the frame ``lookahead`` places before the newest is
 emitted. At the end (``flush``) the last window is updated once more and its last
 ``lookahead`` frames are emitted (nothing to do without look-ahead). Each window's Problem
-carries ``previous``, the current estimate of the frame before it (for ``arch: memory``). All images are in the
-clip's normalised units: divided by one ``scale`` for the whole clip, the 99th percentile
-of the first frame's ``|x0|`` (the stream fixes its scale by its first frame).
+carries ``previous``, the current estimate of the frame before it (for ``arch: memory``).
+All images are in the clip's normalised units: divided by one ``scale`` for the whole clip,
+the 99th percentile of the first frame's ``|x0|`` (the stream fixes its scale by its first
+frame).
 """
 from __future__ import annotations
 
