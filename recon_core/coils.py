@@ -114,7 +114,7 @@ def lowres_maps(coil_images: np.ndarray, calib: int = 24, eps: float = 1e-3) -> 
 
 
 def espirit_maps(coil_images: np.ndarray, calib: int = 24, kernel: int = 6, threshold: float = 0.02,
-                 crop: float = 0.95, power_iterations: int = 30) -> np.ndarray:
+                 crop: float = 0.95, power_iterations: int = 30, grid: int = 0) -> np.ndarray:
     """ESPIRiT maps ``(C, Y, X)`` by ``sigpy.mri.app.EspiritCalib`` from gridded coil images.
 
     The Cartesian calibration k-space is the centred FFT of the pooled coil images; only
@@ -122,13 +122,46 @@ def espirit_maps(coil_images: np.ndarray, calib: int = 24, kernel: int = 6, thre
     per-pixel leading eigenvector (sigpy's default is 100): ESPIRiT's eigenvalue gap is
     wide, and at 30 the maps of a 128x128, 8-coil stream differ from 100's by 1.5e-6 while
     the calibration takes 0.62 instead of 1.11 s (it runs beside the reconstruction).
+
+    ``grid = G`` (``calib <= G <`` the matrix): the eigenvectors are computed on a ``G x G``
+    grid over the same field of view (the central ``G x G`` of the calibration k-space: the
+    same calibration data, coarser pixels) and interpolated bilinearly to the matrix, the
+    support by the interpolated eigenvalue map (``> crop``). The per-pixel power iteration
+    dominates ESPIRiT's time, so G = 64 for a 128 matrix is 3.5-4.5x faster (0.20 against
+    0.72 s, 12 coils); on the shifted suite's val scans the maps agree with the full grid's
+    to a coil-summed correlation of 0.9998 inside the common support, whose edge moves by
+    about half a pixel (1-1.5% of the pixels change sides).
     """
     from sigpy.mri.app import EspiritCalib
 
     ksp = _centred_fft(coil_images).astype(np.complex64)
-    maps = EspiritCalib(ksp, calib_width=calib, thresh=threshold, kernel_width=kernel, crop=crop,
-                        max_iter=power_iterations, show_pbar=False).run()
-    return np.asarray(maps, dtype=np.complex64)
+    ny, nx = ksp.shape[-2:]
+    if not grid or grid >= min(ny, nx):
+        maps = EspiritCalib(ksp, calib_width=calib, thresh=threshold, kernel_width=kernel, crop=crop,
+                            max_iter=power_iterations, show_pbar=False).run()
+        return np.asarray(maps, dtype=np.complex64)
+    if grid < calib:
+        raise ValueError(f"grid={grid}: must be at least the calibration width {calib}")
+    cy, cx = ny // 2 - grid // 2, nx // 2 - grid // 2
+    maps, eig = EspiritCalib(np.ascontiguousarray(ksp[:, cy:cy + grid, cx:cx + grid]), calib_width=calib,
+                             thresh=threshold, kernel_width=kernel, crop=0.0, max_iter=power_iterations,
+                             output_eigenvalue=True, show_pbar=False).run()
+    return _upsampled_maps(np.asarray(maps), np.abs(np.asarray(eig)).reshape(grid, grid), (ny, nx), crop)
+
+
+def _upsampled_maps(maps: np.ndarray, eig: np.ndarray, shape, crop: float) -> np.ndarray:
+    """Maps ``(C, G, G)`` and their eigenvalue map ``(G, G)`` interpolated bilinearly (pixel
+    centres aligned, same field of view) to ``shape``; zero where the interpolated eigenvalue
+    is at most ``crop``, unit coil-summed magnitude elsewhere."""
+    import torch.nn.functional as F
+
+    m = torch.from_numpy(maps.astype(np.complex64))
+    planes = torch.cat([m.real, m.imag, torch.from_numpy(eig.astype(np.float32))[None]])[None]
+    up = F.interpolate(planes, size=tuple(shape), mode="bilinear", align_corners=False)[0]
+    c = m.shape[0]
+    out = torch.complex(up[:c], up[c:2 * c])
+    norm = out.abs().square().sum(0).sqrt().clamp_min(1e-12)
+    return (out / norm * (up[2 * c] > crop)).numpy().astype(np.complex64)
 
 
 @functools.lru_cache(maxsize=1)
@@ -150,13 +183,14 @@ def warm_up_espirit() -> float:
 
 
 def estimate_maps(data: np.ndarray, coords: np.ndarray, shape, method: str = "espirit",
-                  calib: int = 24) -> np.ndarray:
+                  calib: int = 24, grid: int = 0) -> np.ndarray:
     """Coil maps ``(C, Y, X)`` from spokes ``data (S, C, R)`` at ``coords (S, R, 2)``.
 
-    ``method``: ``espirit`` (sigpy ESPIRiT) or ``lowres`` (fast fallback)."""
+    ``method``: ``espirit`` (sigpy ESPIRiT, on a ``grid x grid`` grid if ``grid``, see
+    :func:`espirit_maps`) or ``lowres`` (fast fallback)."""
     images = calibration_images(data, coords, shape)
     if method == "espirit":
-        return espirit_maps(images, calib=calib)
+        return espirit_maps(images, calib=calib, grid=grid)
     if method == "lowres":
         return lowres_maps(images, calib=calib)
     raise ValueError(f"unknown coil map method {method!r}; expected 'espirit' or 'lowres'")

@@ -42,6 +42,9 @@ CACHE = "compare_cache.json"
 #: unpaced streaming replays install the ESPIRiT maps this many frames after calibration
 #: starts (``ReconConfig.espirit_lag``): about when a paced run on the 2-core CPU gets them
 UNPACED_ESPIRIT_LAG = 15
+#: the same for the first maps (``first_maps_lag``; started when the pool holds 4 frames, at
+#: scanner pace on the 2-core CPU they were installed at frame 9-10)
+UNPACED_FIRST_MAPS_LAG = 6
 
 
 def load_scan_file(path: str, calibration_frames: int = 10) -> dict:
@@ -119,7 +122,7 @@ class Runner:
         if method in STREAMING:
             parts.append(f"preset={_preset_digest()}")      # a changed realtime preset is not a cached result
         if method in STREAMING and not self.paced:
-            parts.append(f"unpaced|espirit-lag={UNPACED_ESPIRIT_LAG}")
+            parts.append(f"unpaced|espirit-lag={UNPACED_ESPIRIT_LAG},{UNPACED_FIRST_MAPS_LAG}")
         if method in STREAMING and self.stream_overrides:
             parts.append("overrides=" + ",".join(f"{k}={v}" for k, v in sorted(self.stream_overrides.items())))
         return "|".join(parts)
@@ -178,7 +181,8 @@ class Runner:
         cfg = dataclasses.replace(cfg, **self.stream_overrides)
         if not self.paced:          # the schedule's full budget: no deadline, no overload policy, and the
             # ESPIRiT maps installed at the frame a paced run gets them, not whenever the thread finishes
-            cfg = dataclasses.replace(cfg, deadline_ms=0.0, overload="none", espirit_lag=UNPACED_ESPIRIT_LAG)
+            cfg = dataclasses.replace(cfg, deadline_ms=0.0, overload="none", espirit_lag=UNPACED_ESPIRIT_LAG,
+                                      first_maps_lag=UNPACED_FIRST_MAPS_LAG)
         summary = replay(path, cfg, realtime=self.paced, warm=True)
         images = np.stack([image_frame(i) for i in summary["images_list"]])
         lat = summary["latency_ms"]

@@ -159,3 +159,7 @@ def test_replay_with_espirit_lag_reports_which_frames_had_which_maps(small_file)
         assert s["first_espirit_frame"] == 6
         assert s["maps_used"] == {"fallback": 6, "espirit": s["images"] - 6}
     assert "ESPIRiT from frame 6" in format_summary(s)
+    # first maps from 2 frames (installed 1 frame later), full ones as before
+    s = replay(small_file, ReconConfig(recon="gridding", calibration_frames=4, espirit_lag=3,
+                                       first_maps_frames=2, first_maps_grid=0, first_maps_lag=1))
+    assert s["first_espirit_frame"] == 2 and s["maps_used"]["fallback"] == 2
