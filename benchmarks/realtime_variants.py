@@ -1,6 +1,6 @@
 """The real-time model with a changed memory weight or streaming schedule, on val scans only.
 
-    PYTHONPATH=. python benchmarks/realtime_variants.py [--model PATH] [--memory M]
+    PYTHONPATH=. python benchmarks/realtime_variants.py [--model PATH] [--memory M] [--arch KEY=VALUE ...]
         [--window W --lookahead L --updates U] [--data runs/data] [--suite runs/shifted] [--json out.json]
 
 Scores the variant, unpaced (the schedule's quality, not the machine's speed), on the val
@@ -8,7 +8,8 @@ scans a model may be tuned on: the val split of ``rtcine train``'s data folder (
 simulator, every frame streamed from the first, whole image) and the ``val`` part of the
 shifted suite (through the chain, as ``rtcine compare --suite shifted --unpaced``). PSNR /
 SSIM: magnitude, least-squares scaled, mean over frames then scans. ``--memory`` replaces
-the model's ``arch: memory`` (the pull toward the stream's previous image); the schedule
+the model's ``arch: memory`` (the pull toward the stream's previous image), ``--arch`` any
+other ``arch`` key (a YAML value, e.g. ``support=true``, ``tikhonov=[0.01,0.1]``); the schedule
 defaults to the model's YAML ``streaming:``.
 """
 from __future__ import annotations
@@ -36,15 +37,17 @@ from recon_core.training.stream_schedule import clip_scale, streaming_outputs  #
 from rtcine.suite_compare import NETWORK_FILES, Runner                      # noqa: E402
 
 
-def variant_dir(model: str, memory: float | None, into: str) -> str:
+def variant_dir(model: str, memory: float | None, into: str, arch: dict | None = None) -> str:
     """A model folder for the suite runner: the model's files under the real-time model's
-    name, its YAML's ``arch: memory`` set to ``memory`` (unless None)."""
+    name, its YAML's ``arch: memory`` set to ``memory`` (unless None) and the ``arch`` keys
+    of ``arch`` set."""
     weights, card = model_files(model)
     shutil.copy(weights, os.path.join(into, NETWORK_FILES["realtime"]))
     with open(card) as f:
         meta = yaml.safe_load(f)
     if memory is not None:
         meta["arch"]["memory"] = float(memory)
+    meta["arch"].update(arch or {})
     with open(os.path.join(into, model_files(NETWORK_FILES["realtime"])[1]), "w") as f:
         yaml.safe_dump(meta, f)
     return into
@@ -54,6 +57,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="imunne_rt")
     p.add_argument("--memory", type=float, default=None)
+    p.add_argument("--arch", action="append", default=[], metavar="KEY=VALUE",
+                   help="set an arch key of the model's YAML (value parsed as YAML)")
     p.add_argument("--window", type=int, default=None)
     p.add_argument("--lookahead", type=int, default=None)
     p.add_argument("--updates", type=int, default=None)
@@ -63,14 +68,21 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
-        folder = variant_dir(model_path("imunne", args.model), args.memory, tmp)
+        arch = {}
+        for item in args.arch:
+            key, sep, value = item.partition("=")
+            if not sep:
+                p.error(f"--arch {item!r}: expected KEY=VALUE")
+            arch[key] = yaml.safe_load(value)
+        folder = variant_dir(model_path("imunne", args.model), args.memory, tmp, arch)
         model, meta, _ = load_checkpoint(os.path.join(folder, NETWORK_FILES["realtime"]))
         model.eval()
         trained = meta.get("streaming") or {"window": 2, "lookahead": 1, "updates": 2}
         w = args.window or trained["window"]
         la = trained["lookahead"] if args.lookahead is None else args.lookahead
         u = args.updates or trained["updates"]
-        label = f"memory {model.block.memory:g}, window {w}, look-ahead {la}, {u} update(s)"
+        label = f"memory {model.block.memory:g}, window {w}, look-ahead {la}, {u} update(s)" + "".join(
+            f", {k} {v}" for k, v in arch.items())
         result = {"model": args.model, "variant": label, "indist_val": {}, "shifted_val": {}}
         for path in sorted(glob.glob(os.path.join(args.data, "val*.npz"))):
             s = load_scan(path)

@@ -37,25 +37,35 @@ def nrmse(recon, reference, mask=None) -> float:
     return float(np.linalg.norm((r - g)[m]) / max(np.linalg.norm(g[m]), 1e-30))
 
 
-def ssim(recon, reference, mask=None, window: int = 11, sigma: float = 1.5) -> float:
-    """Mean SSIM (Wang et al. 2004, Gaussian window) of 2D magnitude images, data range = max(|ref|)."""
-    r = torch.from_numpy(scale_to_reference(recon, reference, mask))[None, None]
-    g = torch.from_numpy(_mag(reference))[None, None]
-    coords = torch.arange(window, dtype=torch.float64) - window // 2
+def ssim_map(x: torch.Tensor, ref: torch.Tensor, drange, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """SSIM map (Wang et al. 2004, Gaussian window, no padding) of real images ``x``, ``ref``
+    ``(N, Y, X)`` (magnitudes, same units) with data range ``drange`` (a float or ``(N,)``):
+    ``(N, Y - window + 1, X - window + 1)``. Differentiable in ``x`` (the SSIM loss of
+    :func:`recon_core.training.stream_schedule.streaming_loss` is ``1 - mean``)."""
+    coords = torch.arange(window, dtype=x.dtype, device=x.device) - window // 2
     k1 = torch.exp(-coords ** 2 / (2 * sigma ** 2))
     k = (k1[:, None] * k1[None, :])
     k = (k / k.sum())[None, None]
-    drange = float(g.max())
-    c1, c2 = (0.01 * drange) ** 2, (0.03 * drange) ** 2
+    r, g = x[:, None], ref[:, None]
+    d = torch.as_tensor(drange, dtype=x.dtype, device=x.device).reshape(-1, 1, 1, 1)
+    c1, c2 = (0.01 * d) ** 2, (0.03 * d) ** 2
     mu_r, mu_g = F.conv2d(r, k), F.conv2d(g, k)
     s_rr = F.conv2d(r * r, k) - mu_r ** 2
     s_gg = F.conv2d(g * g, k) - mu_g ** 2
     s_rg = F.conv2d(r * g, k) - mu_r * mu_g
     smap = ((2 * mu_r * mu_g + c1) * (2 * s_rg + c2)) / ((mu_r ** 2 + mu_g ** 2 + c1) * (s_rr + s_gg + c2))
+    return smap[:, 0]
+
+
+def ssim(recon, reference, mask=None, window: int = 11, sigma: float = 1.5) -> float:
+    """Mean SSIM (Wang et al. 2004, Gaussian window) of 2D magnitude images, data range = max(|ref|)."""
+    r = torch.from_numpy(scale_to_reference(recon, reference, mask))[None]
+    g = torch.from_numpy(_mag(reference))[None]
+    smap = ssim_map(r, g, float(g.max()), window, sigma)[0]
     if mask is not None:
         half = window // 2
         m = torch.from_numpy(np.asarray(mask, bool))[half:-half, half:-half]
-        return float(smap[0, 0][m].mean())
+        return float(smap[m].mean())
     return float(smap.mean())
 
 

@@ -23,7 +23,7 @@ import os
 
 
 #: options that default to None: given, they win over the --finetune model's settings
-OVERRIDES = ("tikhonov", "memory", "stream_window", "stream_lookahead", "stream_updates")
+OVERRIDES = ("tikhonov", "tikhonov_noise", "memory", "stream_window", "stream_lookahead", "stream_updates")
 
 
 def add_parser(sub):
@@ -65,6 +65,10 @@ def add_parser(sub):
                    help="IMUNNE, DUNE, FLAT: add the quadratic smoothness prior mu_s/2 |D_s x|^2 + mu_t/2 |D_t x|^2 "
                         "to the data term they step along (spatial and temporal differences; damps the directions "
                         "the radial data leave free; default none, or the --finetune model's)")
+    p.add_argument("--tikhonov-noise", type=float, default=None, metavar="P",
+                   help="IMUNNE: scale the smoothness prior's weights with the data's noise level, "
+                        "x (noise / 2.2)^P in the Problem's units, clamped to [1/4, 8] (default 0, or the "
+                        "--finetune model's)")
     p.add_argument("--memory", type=float, default=None, metavar="MU_M",
                    help="IMUNNE in a stream: add mu_m/2 |x_0 - previous|^2, the temporal difference between the "
                         "window's first frame and the image the stream emitted before it (default none, or the "
@@ -117,6 +121,9 @@ def add_parser(sub):
     p.add_argument("--stream-burn-in", type=int, default=0,
                    help="streaming loss: leave out the clip's first frames (they start from the clip's "
                         "CG-SENSE start; a running stream's frames start from their predecessor's)")
+    p.add_argument("--stream-ssim", type=float, default=0.0,
+                   help="streaming loss: weight of (1 - SSIM) of the streamed magnitudes beside their "
+                        "complex L1 (0: L1 alone)")
     p.add_argument("--window-weight", type=float, default=1.0,
                    help="weight of the usual window loss (JFB for imunne); 0 with --stream-weight trains "
                         "for the streaming schedule alone (a real-time model)")
@@ -199,7 +206,8 @@ def _run(args, device, distributed) -> int:
                       flat_velocity_weight=args.flat_velocity_weight,
                       noise_augment=args.noise_augment, stream_weight=args.stream_weight,
                       stream_clip=args.stream_clip,
-                      stream_burn_in=args.stream_burn_in, window_weight=args.window_weight,
+                      stream_burn_in=args.stream_burn_in, stream_ssim=args.stream_ssim,
+                      window_weight=args.window_weight,
                       anchor=bool(args.anchor_scans))
     for key, value in finetune.items():          # the fine-tuned model's architecture and schedule
         setattr(cfg, key, value)
@@ -293,7 +301,7 @@ def _finetune_settings(args) -> dict:
     kind = meta["kind"]
     out = {"model": kind, "init": path}
     for key in ("channels", "levels", "unshuffle", "eta", "noise_input", "tol", "anderson", "start_weight",
-                "support", "tikhonov", "memory", "blocks", "dc", "schedule"):
+                "support", "tikhonov", "tikhonov_noise", "memory", "blocks", "dc", "schedule"):
         if key in arch:
             out[key] = arch[key]
     if kind == "dune" and "iterations" in arch:

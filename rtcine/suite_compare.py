@@ -88,7 +88,7 @@ class Runner:
                  cached_only: bool = False, stream_overrides: dict | None = None):
         self.dir, self.model_dir, self.log, self.paced = suite_dir, model_dir, log, paced
         self.stream_overrides = dict(stream_overrides or {})    # ReconConfig fields over the realtime preset
-        self.cached_only = cached_only
+        self.cached_only, self.use_cache = cached_only, use_cache
         self.imunne_max_iter, self.bart_iterations, self.cs_iterations = imunne_max_iter, bart_iterations, cs_iterations
         self.cache_path = os.path.join(suite_dir, CACHE)
         self.cache = {}
@@ -133,16 +133,21 @@ class Runner:
         return self._scans[rel]
 
     def save(self) -> None:
-        """Merge into the cache file (another compare may have added entries meanwhile)."""
+        """Merge into the cache file (another compare may have added entries meanwhile). Without
+        ``use_cache`` the lookups stay this run's own results: the file's entries are written
+        back, never read as results."""
+        merged = dict(self.cache)
         if os.path.exists(self.cache_path):
             try:
                 with open(self.cache_path) as f:
-                    self.cache = {**json.load(f), **self.cache}
+                    merged = {**json.load(f), **self.cache}
             except ValueError:
                 pass
+        if self.use_cache:
+            self.cache = merged
         tmp = f"{self.cache_path}.{os.getpid()}.tmp"
         with open(tmp, "w") as f:
-            json.dump(self.cache, f, indent=0)
+            json.dump(merged, f, indent=0)
         os.replace(tmp, self.cache_path)
 
     # -- methods -----------------------------------------------------------------------

@@ -291,6 +291,38 @@ def test_memory_pulls_the_first_frame_toward_the_streams_previous_image(tmp_path
         build_model("imunne", **{**arch, "memory": -0.1})
 
 
+def test_the_prior_scales_with_the_datas_noise_level(tmp_path):
+    """arch tikhonov_noise=p: the update at noise level s is the plain update with the prior's
+    weights times (s / TIKHONOV_NOISE_REF)^p, the factor clamped to [1/4, 8]; unchanged at the
+    reference noise; kept by a saved model."""
+    import dataclasses
+
+    from recon_core.networks.problem import TIKHONOV_NOISE_REF, make_problem, noise_scaled_prior
+    from recon_core.networks.unrolled import build_model
+    from recon_core.training.checkpoint import load_checkpoint, save_checkpoint
+    from conftest import disc_scan
+
+    kspace, coords, maps, _ = disc_scan(16, 3, 3, 7)
+    problem = make_problem(kspace, coords, maps)
+    arch = {"channels": 4, "levels": 1, "unshuffle": 2, "eta": 0.5, "max_iter": 3, "tikhonov": [0.02, 0.1]}
+    scaled = build_model("imunne", **arch, tikhonov_noise=1.0)
+    fixed = build_model("imunne", **{**arch, "tikhonov": [0.06, 0.3]})
+    fixed.load_state_dict(scaled.state_dict())
+    x = torch.randn_like(problem.x0)
+    noisy = dataclasses.replace(problem, noise=3 * TIKHONOV_NOISE_REF)
+    with torch.no_grad():
+        assert torch.allclose(scaled.block(x, noisy), fixed.block(x, noisy), atol=1e-6)
+        at_ref = dataclasses.replace(problem, noise=TIKHONOV_NOISE_REF)
+        plain = build_model("imunne", **arch)
+        plain.load_state_dict(scaled.state_dict())
+        assert torch.allclose(scaled.block(x, at_ref), plain.block(x, at_ref), atol=1e-6)
+    assert noise_scaled_prior((0.02, 0.1), 100 * TIKHONOV_NOISE_REF, 1.0) == pytest.approx((0.16, 0.8))
+    assert noise_scaled_prior((0.02, 0.1), TIKHONOV_NOISE_REF / 100, 1.0) == pytest.approx((0.005, 0.025))
+    save_checkpoint(str(tmp_path / "m"), scaled, "imunne", {**arch, "tikhonov_noise": 1.0}, {"note": "test"})
+    loaded, _, _ = load_checkpoint(str(tmp_path / "m.safetensors"))
+    assert loaded.block.tikhonov_noise == 1.0
+
+
 @pytest.mark.parametrize("kind", ["dune", "flat"])
 def test_dune_and_flat_step_along_the_same_prior(kind):
     """``arch: tikhonov`` reaches the data term DUNE and FLAT step along; an invalid one is refused."""

@@ -94,6 +94,31 @@ def test_streaming_loss_backpropagates_through_the_whole_clip(scan):
     assert float(grad[0].abs().sum()) > 0 and float(grad[1:].abs().sum()) == 0
 
 
+def test_the_ssim_term_is_the_metrics_ssim_and_trains(scan):
+    """stream_ssim: the loss grows by w x (1 - SSIM) of the streamed magnitudes, the SSIM the
+    metrics report (same window and constants, here with no rescaling: the images are in the
+    target's units), and its gradient reaches the network."""
+    from recon_core.metrics import ssim, ssim_map
+
+    kspace, coords, maps, obj = scan
+    model = _perturbed_imunne().train()
+    cache = FrameCache(kspace, coords, maps)
+    l1, info = streaming_loss(model, cache, slice(0, 5), obj[:5], window=2, lookahead=1, updates=1, burn_in=1)
+    both, _ = streaming_loss(model, cache, slice(0, 5), obj[:5], window=2, lookahead=1, updates=1, burn_in=1,
+                             ssim_weight=0.5)
+    x, ref = info["x"][1:].abs(), (obj[1:5] / info["scale"]).abs()
+    s = ssim_map(x, ref, ref.flatten(1).amax(1)).mean()
+    assert float(both - l1) == pytest.approx(0.5 * (1 - float(s)), rel=1e-4)
+    assert float(ssim_map(ref, ref, ref.flatten(1).amax(1)).mean()) == pytest.approx(1.0)
+    # the metric (least-squares scaled, float64) on an already scaled image: the same value
+    a, b = x[0].double().numpy(), ref[0].double().numpy()
+    a = a * (a * b).sum() / (a * a).sum()
+    assert ssim(a, b) == pytest.approx(float(ssim_map(torch.from_numpy(a)[None], torch.from_numpy(b)[None],
+                                                      float(b.max())).mean()), abs=1e-9)
+    (both - l1).backward()
+    assert any(float(p.grad.abs().sum()) > 0 for p in model.parameters() if p.grad is not None)
+
+
 def test_train_with_the_streaming_term(scan, tmp_path):
     from recon_core.training.train import TrainConfig, train
 

@@ -24,7 +24,8 @@ It damps the directions the radial data leave free, high spatial and temporal fr
 the plain IMUNNE map's slowest mode (spectral radius 0.999, 95% of it high-frequency),
 along which its iterates drift and the PSNR declines past ~40 iterations. It is a fixed
 part of the map set in the model's ``arch`` (no weights), so a trained network can run
-with it. In a stream, ``arch: memory`` adds the difference to the stream's previous image
+with it; ``arch: tikhonov_noise: p`` scales both weights with the data's noise level
+(:func:`~recon_core.networks.problem.noise_scaled_prior`). In a stream, ``arch: memory`` adds the difference to the stream's previous image
 across the window's start (``Problem.previous``); offline windows have none.
 
 - **IMUNNE** iterates ``x_{k+1} = R(x_k)`` from ``x0`` to a fixed point (relative change
@@ -57,7 +58,7 @@ import torch.nn.functional as F
 
 from ..solvers import fixed_point
 from .cunet import CUNet
-from .problem import Problem, prior_weights
+from .problem import Problem, noise_scaled_prior, prior_weights
 
 MODELS = ("imunne", "altun", "cunet")
 
@@ -67,9 +68,11 @@ class UpdateOperator(nn.Module):
     (mu_s, mu_t)``, on the quadratic smoothness prior); ``x (T, Y, X)`` complex, normalised."""
 
     def __init__(self, channels: int = 16, levels: int = 2, unshuffle: int = 2, eta: float = 0.5,
-                 noise_input: bool = False, tikhonov: tuple[float, float] = (0.0, 0.0), memory: float = 0.0):
+                 noise_input: bool = False, tikhonov: tuple[float, float] = (0.0, 0.0), memory: float = 0.0,
+                 tikhonov_noise: float = 0.0):
         super().__init__()
         self.net = CUNet(channels, levels, unshuffle, noise_input)
+        self.tikhonov_noise = float(tikhonov_noise)
         self.eta_raw = nn.Parameter(torch.tensor(float(torch.log(torch.expm1(torch.tensor(eta))))))
         self.tikhonov = prior_weights(tikhonov)
         if memory < 0:
@@ -84,7 +87,8 @@ class UpdateOperator(nn.Module):
         return self.net(x[None], noise)[0]
 
     def forward(self, x: torch.Tensor, problem: Problem) -> torch.Tensor:
-        z = x - self.eta * problem.gradient(x, self.tikhonov, self.memory)
+        prior = noise_scaled_prior(self.tikhonov, problem.noise, self.tikhonov_noise)
+        z = x - self.eta * problem.gradient(x, prior, self.memory)
         return z - self.regularizer(z, problem.noise)
 
 
@@ -92,11 +96,12 @@ class IMUNNE(nn.Module):
     kind = "imunne"
 
     def __init__(self, channels=16, levels=2, unshuffle=2, eta=0.5, max_iter=20, tol=1e-3, anderson=0,
-                 noise_input=False, start_weight=0.0, support=False, tikhonov=(0.0, 0.0), memory=0.0):
+                 noise_input=False, start_weight=0.0, support=False, tikhonov=(0.0, 0.0), memory=0.0,
+                 tikhonov_noise=0.0):
         super().__init__()
         if not 0.0 <= start_weight < 1.0:
             raise ValueError(f"start_weight={start_weight}: expected 0 <= w < 1")
-        self.block = UpdateOperator(channels, levels, unshuffle, eta, noise_input, tikhonov, memory)
+        self.block = UpdateOperator(channels, levels, unshuffle, eta, noise_input, tikhonov, memory, tikhonov_noise)
         self.max_iter, self.tol, self.anderson = max_iter, tol, anderson
         self.start_weight = start_weight
         self.support = support

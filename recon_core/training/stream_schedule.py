@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import torch
 
+from ..metrics import ssim_map
 from ..networks.problem import FrameCache, Problem, intensity_scale
 from ..operators import RadialSense
 
@@ -84,15 +85,23 @@ def streaming_outputs(model, cache: FrameCache, frames, window: int = 2, lookahe
 
 
 def streaming_loss(model, cache: FrameCache, frames, target: torch.Tensor, window: int = 2, lookahead: int = 1,
-                   updates: int = 1, burn_in: int = 0):
+                   updates: int = 1, burn_in: int = 0, ssim_weight: float = 0.0):
     """Complex L1 (mean) of :func:`streaming_outputs` against ``target (T, Y, X)`` (the
     clip's targets in the data's units, divided here by the clip's scale), over the frames
     after the first ``burn_in`` (which start from the clip's CG-SENSE start, unlike a running
-    stream's): ``(loss, info)`` with ``info = {"x": outputs (T, Y, X) detached, normalised,
-    "scale": float}``."""
+    stream's); plus ``ssim_weight x (1 - SSIM)`` of the magnitudes, frame by frame (data range
+    the target frame's maximum, :func:`recon_core.metrics.ssim_map`; the images are in the
+    target's units, so no rescaling). ``(loss, info)`` with ``info = {"x": outputs (T, Y, X)
+    detached, normalised, "scale": float}``."""
     frames = _frame_range(frames, cache.x0.shape[0])
     if not 0 <= burn_in < len(frames):
         raise ValueError(f"burn_in={burn_in}: must be in [0, {len(frames)}) for a clip of {len(frames)} frames")
     scale = clip_scale(cache, frames[0])
     x = streaming_outputs(model, cache, frames, window, lookahead, updates, scale)
-    return (x[burn_in:] - target[burn_in:] / scale).abs().mean(), {"x": x.detach(), "scale": scale}
+    ref = target[burn_in:] / scale
+    loss = (x[burn_in:] - ref).abs().mean()
+    if ssim_weight:
+        mag = ref.abs()
+        smap = ssim_map(x[burn_in:].abs(), mag, mag.flatten(1).amax(1).clamp_min(1e-12))
+        loss = loss + ssim_weight * (1.0 - smap.mean())
+    return loss, {"x": x.detach(), "scale": scale}

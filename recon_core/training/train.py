@@ -49,6 +49,7 @@ class TrainConfig:
     support: bool = False        # IMUNNE, DUNE, FLAT: images projected onto the coil maps' support
     tikhonov: tuple = (0.0, 0.0)  # IMUNNE, DUNE, FLAT: (mu_s, mu_t) of the smoothness prior in its gradient step
     memory: float = 0.0          # IMUNNE: weight of the difference to the stream's previous image (Problem.previous)
+    tikhonov_noise: float = 0.0  # IMUNNE: tikhonov scaled by (noise / TIKHONOV_NOISE_REF)^p (networks.problem)
     blocks: int = 4              # Alt-UN
     window: int = 5
     batch: int = 1               # windows per step (per process under torchrun)
@@ -87,6 +88,7 @@ class TrainConfig:
     stream_updates: int = 1
     stream_clip: int = 8
     stream_burn_in: int = 0          # first frames of a clip left out of the streaming loss
+    stream_ssim: float = 0.0         # weight of (1 - SSIM) of the streamed magnitudes beside their complex L1
     # weight of the usual window loss (JFB for IMUNNE); 0 with stream_weight > 0 trains for the
     # streaming schedule alone (a real-time model, no longer trained for its fixed point)
     window_weight: float = 1.0
@@ -132,8 +134,9 @@ class TrainConfig:
         if self.window_weight <= 0:
             terms = []
         if self.stream_weight > 0:
+            ssim = f" + (1 - SSIM) x {self.stream_ssim:g}" if self.stream_ssim else ""
             terms.append(f"streaming schedule (window {self.stream_window}, look-ahead {self.stream_lookahead}, "
-                         f"{self.stream_updates} updates) x {self.stream_weight:g}")
+                         f"{self.stream_updates} updates; complex L1{ssim}) x {self.stream_weight:g}")
         return " + ".join(terms)
 
     def arch(self) -> dict:
@@ -152,6 +155,8 @@ class TrainConfig:
             a["tikhonov"] = [float(v) for v in self.tikhonov]
         if self.memory and self.model == "imunne":
             a["memory"] = float(self.memory)
+        if self.tikhonov_noise and self.model == "imunne":
+            a["tikhonov_noise"] = float(self.tikhonov_noise)
         if self.model == "altun":
             a.update(blocks=self.blocks)
         if self.model == "dune":
@@ -394,7 +399,8 @@ class StepLoss(torch.nn.Module):
                 else:
                     s_loss, _ = streaming_loss(self.model, cache, range(frames.start, frames.stop),
                                                torch.from_numpy(scan["target"][frames]).to(self.device),
-                                               cfg.stream_window, cfg.stream_lookahead, cfg.stream_updates, burn_in)
+                                               cfg.stream_window, cfg.stream_lookahead, cfg.stream_updates, burn_in,
+                                               cfg.stream_ssim)
                 term = term + cfg.stream_weight * s_loss
                 stream_losses.append(s_loss.detach())
             total = total + term / len(samples)
