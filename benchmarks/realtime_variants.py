@@ -1,7 +1,8 @@
 """The real-time model with a changed memory weight or streaming schedule, on val scans only.
 
     PYTHONPATH=. python benchmarks/realtime_variants.py [--model PATH] [--memory M] [--arch KEY=VALUE ...]
-        [--window W --lookahead L --updates U] [--data runs/data] [--suite runs/shifted] [--json out.json]
+        [--window W --lookahead L --updates U] [--data runs/data [--scan-frames T]] [--suite runs/shifted]
+        [--json out.json]
 
 Scores the variant, unpaced (the schedule's quality, not the machine's speed), on the val
 scans a model may be tuned on: the val split of ``rtcine train``'s data folder (training
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import re
 import json
 import os
 import shutil
@@ -63,6 +65,8 @@ def main(argv=None) -> int:
     p.add_argument("--lookahead", type=int, default=None)
     p.add_argument("--updates", type=int, default=None)
     p.add_argument("--data", default="runs/data")
+    p.add_argument("--scan-frames", type=int, default=16, help="the in-distribution val scans' length "
+                   "(rtcine train --scan-frames)")
     p.add_argument("--suite", default="runs/shifted")
     p.add_argument("--json", default="")
     args = p.parse_args(argv)
@@ -84,7 +88,9 @@ def main(argv=None) -> int:
         label = f"memory {model.block.memory:g}, window {w}, look-ahead {la}, {u} update(s)" + "".join(
             f", {k} {v}" for k, v in arch.items())
         result = {"model": args.model, "variant": label, "indist_val": {}, "shifted_val": {}}
-        for path in sorted(glob.glob(os.path.join(args.data, "val*.npz"))):
+        suffix = "" if args.scan_frames == 16 else f"_f{args.scan_frames}"
+        for path in sorted(p for p in glob.glob(os.path.join(args.data, "val*.npz"))
+                           if re.fullmatch(rf"val[^_]*_\d+{suffix}\.npz", os.path.basename(p))):
             s = load_scan(path)
             k, c, m = (torch.as_tensor(s[n]) for n in ("kspace", "coords", "maps"))
             cache = FrameCache(k, c, m)

@@ -43,6 +43,9 @@ def add_parser(sub):
     p.add_argument("--out", help="output folder (default runs/<model>[-heuristic][-ssdu])")
     p.add_argument("--train-scans", type=int, default=80)
     p.add_argument("--val-scans", type=int, default=6)
+    p.add_argument("--scan-frames", type=int, default=16, metavar="T",
+                   help="frames per simulated scan (train and val splits; files of another length are "
+                        "kept apart by name). Longer scans let --stream-clip replay longer streams")
     p.add_argument("--steps", type=int, default=1200)
     p.add_argument("--window", type=int, default=5, help="frames per training window")
     p.add_argument("--batch", type=int, default=1,
@@ -180,18 +183,21 @@ def _run(args, device, distributed) -> int:
             (", ..." if len(used) > 8 else "")
         if args.anchor_scans:
             anchors = built("train", lambda show: _split(build_split, args.anchor_data, "train", args.anchor_scans,
-                                                         show))
+                                                         show, args.scan_frames))
             train_paths = train_paths + anchors
             data += f"; anchored by {len(anchors)} simulated scans of the train split ({args.anchor_data}), supervised"
     else:
-        train_paths = built("train", lambda show: _split(build_split, simulator, "train", args.train_scans, show))
-        data = f"simulated: {len(train_paths)} scans of the train split ({simulator})"
+        train_paths = built("train", lambda show: _split(build_split, simulator, "train", args.train_scans, show,
+                                                          args.scan_frames))
+        data = f"simulated: {len(train_paths)} scans of the train split ({simulator})" + \
+            (f", {args.scan_frames} frames each" if args.scan_frames != 16 else "")
     if args.val_data:
         val_files = recorded_files(args.val_data)
         val_paths = built("val", lambda show: _prepare_recorded(val_files, os.path.join(out, "recorded-val"),
                                                                 1, show, with_reference=True))
     else:
-        val_paths = built("val", lambda show: _split(build_split, simulator, "val", args.val_scans, show))
+        val_paths = built("val", lambda show: _split(build_split, simulator, "val", args.val_scans, show,
+                                                          args.scan_frames))
     cfg = TrainConfig(model=model, channels=args.channels, levels=args.levels, max_iter=args.max_iter,
                       noise_input=args.noise_input,
                       tol=args.tol, anderson=args.anderson, start_weight=args.start_weight, support=args.support,
@@ -226,12 +232,12 @@ def _run(args, device, distributed) -> int:
     return 0
 
 
-def _split(build_split, folder, split, count, show):
+def _split(build_split, folder, split, count, show, frames=16):
     if not show:
-        return build_split(folder, split, count)
+        return build_split(folder, split, count, frames)
     from tqdm import tqdm
     with tqdm(total=count, desc=f"data {split}", unit="scan") as bar:
-        return build_split(folder, split, count, progress=lambda i: bar.update(i - bar.n))
+        return build_split(folder, split, count, frames, progress=lambda i: bar.update(i - bar.n))
 
 
 def _is_recorded(paths) -> bool:

@@ -94,6 +94,7 @@ def test_rtcine_train_under_torchrun(tiny_data, tmp_path):
     out = tmp_path / "run"
     cmd = ["torchrun", "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
            "-m", "rtcine", "train", "--model", "flat", "--data", str(data), "--train-scans", "3", "--val-scans", "1",
+           "--scan-frames", "6",
            "--steps", "2", "--channels", "4", "--levels", "1", "--window", "3", "--blocks", "2",
            "--checkpoint-every", "1", "--validate-every", "2", "--out", str(out)]
     r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300, cwd=str(tmp_path))

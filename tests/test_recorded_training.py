@@ -80,7 +80,7 @@ def test_finetune_the_realtime_model_on_recorded_files_ssdu(recordings, tmp_path
     sim = tmp_path / "sim"
     build_split(str(sim), "train", 2, frames=6, matrix=48)
     anchored = [a if a != str(out) else str(tmp_path / "anch") for a in cmd] + [
-        "--anchor-scans", "2", "--anchor-data", str(sim), "--batch", "4"]
+        "--anchor-scans", "2", "--anchor-data", str(sim), "--scan-frames", "6", "--batch", "4"]
     r = subprocess.run(anchored, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     t = yaml.safe_load(open(tmp_path / "anch" / "model.yaml"))["training"]

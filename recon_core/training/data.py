@@ -90,11 +90,13 @@ def prepare(cfg: SimulationConfig, calibration_frames: int = 10) -> dict:
 def build_split(directory: str, split: str, count: int, frames: int = 16, matrix: int = 128,
                 progress=None) -> list[str]:
     """Write the split's prepared scans as ``.npz`` files (no pickle) into ``directory``;
-    existing files are kept, so an interrupted build resumes."""
+    existing files are kept, so an interrupted build resumes. Scans of other than 16
+    ``frames`` carry ``_f<frames>`` in their names (another length is never reused)."""
     os.makedirs(directory, exist_ok=True)
     paths = []
     for i, cfg in enumerate(split_configs(split, count, frames, matrix)):
-        path = os.path.join(directory, f"{split}{SPLIT_VERSIONS.get(split, '')}_{cfg.seed}.npz")
+        length = "" if frames == 16 else f"_f{frames}"
+        path = os.path.join(directory, f"{split}{SPLIT_VERSIONS.get(split, '')}_{cfg.seed}{length}.npz")
         if not os.path.exists(path):
             tmp = path + ".tmp.npz"
             np.savez(tmp, **prepare(cfg))
