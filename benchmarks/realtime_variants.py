@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import re
 import json
 import os
 import shutil
@@ -34,7 +33,7 @@ from recon_core.evaluation import score                                    # noq
 from recon_core.networks.checkpoint import load_checkpoint, model_files     # noqa: E402
 from recon_core.networks.problem import FrameCache                           # noqa: E402
 from recon_core.networks.streaming import model_path                         # noqa: E402
-from recon_core.training.data import load_scan                               # noqa: E402
+from recon_core.training.data import SCAN_FRAMES, load_scan, split_file     # noqa: E402
 from recon_core.training.stream_schedule import clip_scale, streaming_outputs  # noqa: E402
 from rtcine.suite_compare import NETWORK_FILES, Runner                      # noqa: E402
 
@@ -65,7 +64,7 @@ def main(argv=None) -> int:
     p.add_argument("--lookahead", type=int, default=None)
     p.add_argument("--updates", type=int, default=None)
     p.add_argument("--data", default="runs/data")
-    p.add_argument("--scan-frames", type=int, default=16, help="the in-distribution val scans' length "
+    p.add_argument("--scan-frames", type=int, default=SCAN_FRAMES, help="the in-distribution val scans' length "
                    "(rtcine train --scan-frames)")
     p.add_argument("--suite", default="runs/shifted")
     p.add_argument("--json", default="")
@@ -88,9 +87,8 @@ def main(argv=None) -> int:
         label = f"memory {model.block.memory:g}, window {w}, look-ahead {la}, {u} update(s)" + "".join(
             f", {k} {v}" for k, v in arch.items())
         result = {"model": args.model, "variant": label, "indist_val": {}, "shifted_val": {}}
-        suffix = "" if args.scan_frames == 16 else f"_f{args.scan_frames}"
-        for path in sorted(p for p in glob.glob(os.path.join(args.data, "val*.npz"))
-                           if re.fullmatch(rf"val[^_]*_\d+{suffix}\.npz", os.path.basename(p))):
+        seeds = "[0-9]" * 4                 # val seeds 5000-...; "*" would also match "5000_f32"
+        for path in sorted(glob.glob(os.path.join(args.data, split_file("val", seeds, args.scan_frames)))):
             s = load_scan(path)
             k, c, m = (torch.as_tensor(s[n]) for n in ("kspace", "coords", "maps"))
             cache = FrameCache(k, c, m)

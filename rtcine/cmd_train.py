@@ -43,8 +43,8 @@ def add_parser(sub):
     p.add_argument("--out", help="output folder (default runs/<model>[-heuristic][-ssdu])")
     p.add_argument("--train-scans", type=int, default=80)
     p.add_argument("--val-scans", type=int, default=6)
-    p.add_argument("--scan-frames", type=int, default=16, metavar="T",
-                   help="frames per simulated scan (train and val splits; files of another length are "
+    p.add_argument("--scan-frames", type=int, default=None, metavar="T",
+                   help="frames per simulated scan, default 16 (train and val splits; files of another length are "
                         "kept apart by name). Longer scans let --stream-clip replay longer streams")
     p.add_argument("--steps", type=int, default=1200)
     p.add_argument("--window", type=int, default=5, help="frames per training window")
@@ -147,12 +147,14 @@ def run(args) -> int:
 def _run(args, device, distributed) -> int:
     from tqdm import tqdm
 
-    from recon_core.training.data import build_split
+    from recon_core.training.data import SCAN_FRAMES, build_split
     from recon_core.training.train import TrainConfig, train
 
     from gadgets.recorded_scans import recorded_files
 
     main = distributed.is_main()
+    if args.scan_frames is None:
+        args.scan_frames = SCAN_FRAMES
     finetune = _finetune_settings(args) if args.finetune else {}
     model = finetune.pop("model", args.model)
     recorded = recorded_files(args.data) if _is_recorded(args.data) else []
@@ -190,7 +192,7 @@ def _run(args, device, distributed) -> int:
         train_paths = built("train", lambda show: _split(build_split, simulator, "train", args.train_scans, show,
                                                           args.scan_frames))
         data = f"simulated: {len(train_paths)} scans of the train split ({simulator})" + \
-            (f", {args.scan_frames} frames each" if args.scan_frames != 16 else "")
+            (f", {args.scan_frames} frames each" if args.scan_frames != SCAN_FRAMES else "")
     if args.val_data:
         val_files = recorded_files(args.val_data)
         val_paths = built("val", lambda show: _prepare_recorded(val_files, os.path.join(out, "recorded-val"),
@@ -232,7 +234,7 @@ def _run(args, device, distributed) -> int:
     return 0
 
 
-def _split(build_split, folder, split, count, show, frames=16):
+def _split(build_split, folder, split, count, show, frames):
     if not show:
         return build_split(folder, split, count, frames)
     from tqdm import tqdm

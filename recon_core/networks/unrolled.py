@@ -25,8 +25,9 @@ the plain IMUNNE map's slowest mode (spectral radius 0.999, 95% of it high-frequ
 along which its iterates drift and the PSNR declines past ~40 iterations. It is a fixed
 part of the map set in the model's ``arch`` (no weights), so a trained network can run
 with it; ``arch: tikhonov_noise: p`` scales both weights with the data's noise level
-(:func:`~recon_core.networks.problem.noise_scaled_prior`). In a stream, ``arch: memory`` adds the difference to the stream's previous image
-across the window's start (``Problem.previous``); offline windows have none.
+(:func:`~recon_core.networks.problem.noise_scaled_prior`). In a stream, ``arch: memory``
+adds the difference to the stream's previous image across the window's start
+(``Problem.previous``); offline windows have none.
 
 - **IMUNNE** iterates ``x_{k+1} = R(x_k)`` from ``x0`` to a fixed point (relative change
   below ``tol`` or ``max_iter``), optionally with Anderson acceleration. With

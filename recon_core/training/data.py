@@ -36,9 +36,12 @@ from ..simulate import DWELL_US, SimulationConfig, simulate
 SPLIT_VERSIONS = {"train": "-v3", "val": "-v3"}
 #: share of the train and val scans whose object is the texture family (recon_core.texture_phantom)
 TEXTURE_SHARE = 0.35
+#: frames per simulated scan unless asked otherwise; other lengths carry ``_f<frames>`` in
+#: their file names (:func:`split_file`)
+SCAN_FRAMES = 16
 
 
-def split_configs(split: str, count: int, frames: int = 16, matrix: int = 128) -> list[SimulationConfig]:
+def split_configs(split: str, count: int, frames: int = SCAN_FRAMES, matrix: int = 128) -> list[SimulationConfig]:
     """The simulation settings of ``count`` scans of a split."""
     base = {"train": 1000, "val": 5000, "test": 9000, "test-ood": 9500}[split]
     out = []
@@ -87,16 +90,22 @@ def prepare(cfg: SimulationConfig, calibration_frames: int = 10) -> dict:
             "reference": scan.reference, "config": np.array(str(asdict(cfg)))}
 
 
-def build_split(directory: str, split: str, count: int, frames: int = 16, matrix: int = 128,
+def split_file(split: str, seed, frames: int = SCAN_FRAMES) -> str:
+    """The file name of a split's prepared scan: ``<split><version>_<seed>[_f<frames>].npz``
+    (``seed`` may be a glob pattern such as ``"*"``)."""
+    length = "" if frames == SCAN_FRAMES else f"_f{frames}"
+    return f"{split}{SPLIT_VERSIONS.get(split, '')}_{seed}{length}.npz"
+
+
+def build_split(directory: str, split: str, count: int, frames: int = SCAN_FRAMES, matrix: int = 128,
                 progress=None) -> list[str]:
     """Write the split's prepared scans as ``.npz`` files (no pickle) into ``directory``;
-    existing files are kept, so an interrupted build resumes. Scans of other than 16
-    ``frames`` carry ``_f<frames>`` in their names (another length is never reused)."""
+    existing files are kept, so an interrupted build resumes (named by :func:`split_file`:
+    another length is never reused)."""
     os.makedirs(directory, exist_ok=True)
     paths = []
     for i, cfg in enumerate(split_configs(split, count, frames, matrix)):
-        length = "" if frames == 16 else f"_f{frames}"
-        path = os.path.join(directory, f"{split}{SPLIT_VERSIONS.get(split, '')}_{cfg.seed}{length}.npz")
+        path = os.path.join(directory, split_file(split, cfg.seed, frames))
         if not os.path.exists(path):
             tmp = path + ".tmp.npz"
             np.savez(tmp, **prepare(cfg))
