@@ -23,7 +23,6 @@ of the sweep recorded in docs/performance.md, "Compressed sensing against BART a
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import sys
@@ -37,7 +36,7 @@ from recon_core.compressed_sensing import (DEFAULT_CG_ITERATIONS, DEFAULT_ITERAT
                                            DEFAULT_WEIGHTING, l1_wavelet_sigpy, make_tv_operator, tv_solve)
 from recon_core.metrics import psnr, ssim
 from recon_core.reconstructors import cg_sense, flatten_kspace, gridding
-from recon_core.training.data import load_scan
+from recon_core.training.data import load_scan, split_file, split_files
 
 
 #: BART's best temporal-TV weight on the validation sweep (bart pics -i 30), used without a sweep.
@@ -61,9 +60,9 @@ def mean_ssim(x: np.ndarray, ref: np.ndarray) -> float:
 
 
 def scans(split: str, count: int, data: str) -> list[str]:
-    paths = sorted(glob.glob(os.path.join(data, f"{split}_*.npz")))
+    paths = split_files(data, split)
     if not paths:
-        sys.exit(f"no {split}_*.npz in {data}")
+        sys.exit(f"no {split_file(split, '*')} in {data}")
     return paths[:count] if count else paths
 
 

@@ -42,7 +42,7 @@ from recon_core.networks.evaluation import network_method  # noqa: E402
 from recon_core.networks.flat import psnr_per_step  # noqa: E402
 from recon_core.networks.problem import make_problem  # noqa: E402
 from recon_core.training.checkpoint import load_checkpoint  # noqa: E402
-from recon_core.training.data import load_scan  # noqa: E402
+from recon_core.training.data import load_scan, split_file, split_files  # noqa: E402
 
 SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recon_core", "models")
 
@@ -115,10 +115,10 @@ def main(argv=None) -> int:
 
     models = dict(item.split("=", 1) for item in args.model)
     fns, nets = methods_for(models, [b for b in args.baselines.split(",") if b], args.cs_lam)
-    files = sorted(glob.glob(os.path.join(args.data, f"{args.split}_*.npz")))
+    files = split_files(args.data, args.split)
     files = files[:args.scans] if args.scans else files
     if not files:
-        raise SystemExit(f"no {args.split}_*.npz scans in {args.data}")
+        raise SystemExit(f"no {split_file(args.split, '*')} scans in {args.data}")
     suite_files = sorted(glob.glob(os.path.join(args.suite, args.part, "*.h5")))
     if not suite_files:
         raise SystemExit(f"no .h5 scans in {os.path.join(args.suite, args.part)} (rtcine suite build)")

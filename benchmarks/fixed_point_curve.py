@@ -35,7 +35,7 @@ from recon_core.metrics import psnr  # noqa: E402
 from recon_core.networks.checkpoint import load_checkpoint  # noqa: E402
 from recon_core.networks.problem import make_problem  # noqa: E402
 from recon_core.reconstructors import cg_sense  # noqa: E402
-from recon_core.training.data import load_scan  # noqa: E402
+from recon_core.training.data import load_scan, split_file, split_files  # noqa: E402
 
 
 def curve(model, scans, iterations: int, frames: int) -> dict:
@@ -104,9 +104,9 @@ def main(argv=None) -> int:
         scans = [load_scan_file(f) for f in files]
         args.split = f"{os.path.basename(os.path.normpath(args.suite))}/{args.part}"
     else:
-        files = sorted(glob.glob(os.path.join(args.data, f"{args.split}_*.npz")))[:args.scans]
+        files = split_files(args.data, args.split)[:args.scans]
         if not files:
-            raise SystemExit(f"no {args.split}_*.npz scans in {args.data}")
+            raise SystemExit(f"no {split_file(args.split, '*')} scans in {args.data}")
         scans = [load_scan(f) for f in files]
     result = {"split": args.split, "scans": len(scans), "frames": args.frames,
               "cgsense_psnr": cgsense(scans, args.frames), "models": {}}

@@ -19,7 +19,6 @@ IMUNNE with all frames in one window, 50 iterations, tolerance 1e-4, on the same
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import sys
@@ -60,11 +59,11 @@ def split_quality(data: str, split: str, model, schedule: dict | None) -> dict:
     lookahead, updates) or, when None, converged offline (all frames in one window)."""
     from recon_core.networks.evaluation import network_method
     from recon_core.networks.problem import FrameCache
-    from recon_core.training.data import load_scan
+    from recon_core.training.data import load_scan, split_file, split_files
     from recon_core.training.stream_schedule import clip_scale, streaming_outputs
 
     rows = []
-    for f in sorted(glob.glob(os.path.join(data, f"{split}_*.npz"))):
+    for f in split_files(data, split):
         scan = load_scan(f)
         if schedule is None:
             x = network_method(model, max_iter=50, tol=1e-4)(scan["kspace"], scan["coords"], scan["maps"])
@@ -78,7 +77,7 @@ def split_quality(data: str, split: str, model, schedule: dict | None) -> dict:
                                   schedule["updates"], s) * s
         rows.append(score(x.numpy(), scan["reference"], roi=True)["mean"])
     if not rows:
-        raise SystemExit(f"no {split}_*.npz scans in {data} (rtcine train --data {data} builds them)")
+        raise SystemExit(f"no {split_file(split, '*')} scans in {data} (rtcine train --data {data} builds them)")
     return {"psnr": float(np.mean([r["psnr"] for r in rows])), "ssim": float(np.mean([r["ssim"] for r in rows])),
             "scans": len(rows)}
 

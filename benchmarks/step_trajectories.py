@@ -12,7 +12,6 @@ is the CG-SENSE start, the same for all models.
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import sys
@@ -25,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from recon_core.networks.flat import psnr_per_step  # noqa: E402
 from recon_core.networks.problem import make_problem  # noqa: E402
 from recon_core.networks.checkpoint import load_checkpoint  # noqa: E402
-from recon_core.training.data import load_scan  # noqa: E402
+from recon_core.training.data import load_scan, split_file, split_files  # noqa: E402
 
 
 def trajectories(models: dict, scans: list, frames: int) -> dict:
@@ -57,9 +56,9 @@ def main(argv=None) -> int:
     for item in args.model:
         name, path = item.split("=", 1)
         models[name] = load_checkpoint(path)[0].eval()
-    files = sorted(glob.glob(os.path.join(args.data, f"{args.split}_*.npz")))[:args.scans]
+    files = split_files(args.data, args.split)[:args.scans]
     if not files:
-        raise FileNotFoundError(f"no {args.split}_*.npz scans in {args.data}")
+        raise FileNotFoundError(f"no {split_file(args.split, '*')} scans in {args.data}")
     curves = trajectories(models, [load_scan(f) for f in files], args.frames)
     print(f"PSNR (dB) after each step, {len(files)} {args.split} scans x {args.frames} frames")
     for name, curve in curves.items():

@@ -11,7 +11,6 @@ depend on them); the problem is a simulated 8-coil, 13-spoke window.
 import argparse
 import time
 
-import numpy as np
 import torch
 
 from recon_core.coils import estimate_maps

@@ -16,7 +16,6 @@ reference); seconds per frame is wall time on this machine.
 """
 from __future__ import annotations
 
-import glob
 import json
 import os
 import time
@@ -93,13 +92,13 @@ def run(args) -> int:
     from recon_core.evaluation import classical_methods, compare
     from recon_core.networks.checkpoint import load_checkpoint
     from recon_core.networks.evaluation import network_method
-    from recon_core.training.data import load_scan
+    from recon_core.training.data import load_scan, split_file, split_files
 
-    files = sorted(glob.glob(os.path.join(args.data, f"{args.split}_*.npz")))
+    files = split_files(args.data, args.split)
     if args.scans:
         files = files[:args.scans]
     if not files:
-        raise FileNotFoundError(f"no {args.split}_*.npz scans in {args.data} (build them with "
+        raise FileNotFoundError(f"no {split_file(args.split, '*')} scans in {args.data} (build them with "
                                 f"python -c \"from recon_core.training.data import build_split; "
                                 f"build_split('{args.data}', '{args.split}', 8)\")")
     scans = [load_scan(f) for f in files]

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 from gadgetron_fixture import free_port as _free_port
 from safetensors.torch import load_file
 

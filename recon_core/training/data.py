@@ -22,6 +22,7 @@ Splits (the held-out split uses seeds never seen in training):
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import asdict
 
 import numpy as np
@@ -95,6 +96,15 @@ def split_file(split: str, seed, frames: int = SCAN_FRAMES) -> str:
     (``seed`` may be a glob pattern such as ``"*"``)."""
     length = "" if frames == SCAN_FRAMES else f"_f{frames}"
     return f"{split}{SPLIT_VERSIONS.get(split, '')}_{seed}{length}.npz"
+
+
+def split_files(directory: str, split: str, frames: int = SCAN_FRAMES) -> list[str]:
+    """The sorted paths of the split's prepared scans of ``frames`` frames in ``directory``
+    (:func:`split_file` names, any seed; scans of other lengths are not listed)."""
+    name = re.compile(re.escape(split_file(split, "SEED", frames)).replace("SEED", r"\d+"))
+    if not os.path.isdir(directory):
+        return []
+    return sorted(os.path.join(directory, f) for f in os.listdir(directory) if name.fullmatch(f))
 
 
 def build_split(directory: str, split: str, count: int, frames: int = SCAN_FRAMES, matrix: int = 128,
