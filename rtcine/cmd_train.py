@@ -23,7 +23,7 @@ import os
 
 
 #: options that default to None: given, they win over the --finetune model's settings
-OVERRIDES = ("tikhonov", "tikhonov_noise", "memory", "stream_window", "stream_lookahead", "stream_updates")
+OVERRIDES = ("tikhonov", "tikhonov_noise", "memory", "recurrence", "stream_window", "stream_lookahead", "stream_updates")
 
 
 def add_parser(sub):
@@ -76,6 +76,10 @@ def add_parser(sub):
                    help="IMUNNE in a stream: add mu_m/2 |x_0 - previous|^2, the temporal difference between the "
                         "window's first frame and the image the stream emitted before it (default none, or the "
                         "--finetune model's)")
+    p.add_argument("--recurrence", action="store_true", default=None,
+                   help="IMUNNE in a stream: end every update by blending the window's first frame toward the "
+                        "image the stream emitted before it, by a learned per-pixel gate (a recursive temporal "
+                        "filter; recon_core/networks/recurrence.py; default off, or the --finetune model's)")
     p.add_argument("--support", action="store_true",
                    help="IMUNNE and FLAT: project every iterate, DUNE: its output, onto the coil maps' "
                         "support (the data say nothing outside it)")
@@ -131,6 +135,9 @@ def add_parser(sub):
                    help="weight of the usual window loss (JFB for imunne); 0 with --stream-weight trains "
                         "for the streaming schedule alone (a real-time model)")
     p.add_argument("--init", default="", help="initialise the regularizer from this checkpoint (e.g. a CU-Net)")
+    p.add_argument("--new-lr-scale", type=float, default=1.0, metavar="S",
+                   help="with --init or --finetune: train the tensors the checkpoint does not hold (e.g. the "
+                        "--recurrence gate) at --lr x S")
     p.set_defaults(func=run)
 
 
@@ -145,8 +152,6 @@ def run(args) -> int:
 
 
 def _run(args, device, distributed) -> int:
-    from tqdm import tqdm
-
     from recon_core.training.data import SCAN_FRAMES, build_split
     from recon_core.training.train import TrainConfig, train
 
@@ -206,7 +211,7 @@ def _run(args, device, distributed) -> int:
                       blocks=args.blocks, window=args.window,
                       batch=args.batch, steps=args.steps, lr=args.lr,
                       validate_every=args.validate_every, checkpoint_every=args.checkpoint_every,
-                      device=device, init=args.init, data=data,
+                      device=device, init=args.init, new_lr_scale=args.new_lr_scale, data=data,
                       fixed_point_weight=args.fixed_point_weight, contraction_weight=args.contraction_weight,
                       contraction_target=args.contraction_target,
                       supervision=args.supervision,
@@ -309,7 +314,7 @@ def _finetune_settings(args) -> dict:
     kind = meta["kind"]
     out = {"model": kind, "init": path}
     for key in ("channels", "levels", "unshuffle", "eta", "noise_input", "tol", "anderson", "start_weight",
-                "support", "tikhonov", "tikhonov_noise", "memory", "blocks", "dc", "schedule"):
+                "support", "tikhonov", "tikhonov_noise", "memory", "recurrence", "blocks", "dc", "schedule"):
         if key in arch:
             out[key] = arch[key]
     if kind == "dune" and "iterations" in arch:

@@ -291,6 +291,53 @@ def test_memory_pulls_the_first_frame_toward_the_streams_previous_image(tmp_path
         build_model("imunne", **{**arch, "memory": -0.1})
 
 
+def test_recurrence_gate_blends_only_the_first_frame_toward_the_previous_image(tmp_path):
+    """arch recurrence: with a ``previous`` image the update ends by moving the window's first
+    frame part of the way toward it, pixel by pixel (g in (0, 1): on the segment between them),
+    the other frames untouched; without one (offline windows) the update is that of the same
+    network without the gate. A fresh gate pulls by sigmoid(GATE_BIAS); a shipped model
+    initialises the network but not the gate, whose tensors then train at lr x new_lr_scale."""
+    import dataclasses
+    import math
+
+    from recon_core.networks.problem import make_problem
+    from recon_core.networks.recurrence import GATE_BIAS
+    from recon_core.networks.unrolled import build_model
+    from recon_core.training.checkpoint import load_checkpoint, save_checkpoint
+    from recon_core.training.train import init_tensors, make_optimizer
+    from conftest import disc_scan
+
+    kspace, coords, maps, _ = disc_scan(16, 3, 3, 7)
+    problem = make_problem(kspace, coords, maps)
+    arch = {"channels": 4, "levels": 1, "unshuffle": 2, "eta": 0.5, "max_iter": 3}
+    plain = build_model("imunne", **arch)
+    gated = build_model("imunne", **arch, recurrence=True)
+    gated.load_state_dict(init_tensors(plain.state_dict(), gated.state_dict()), strict=False)
+    previous = problem.x0[0] + 0.3 * torch.randn_like(problem.x0[0])
+    streamed = dataclasses.replace(problem, previous=previous)
+    x = problem.x0
+    with torch.no_grad():
+        base, fresh = plain.update(x, streamed), gated.update(x, streamed)
+        assert torch.equal(gated.update(x, problem), plain.update(x, problem))
+        assert torch.equal(fresh[1:], base[1:])
+        assert torch.allclose(fresh[0], base[0] + (previous - base[0]) / (1 + math.exp(-GATE_BIAS)), atol=1e-6)
+        for p in gated.block.gate.parameters():              # a gate that varies from pixel to pixel
+            p.add_(0.05 * torch.randn_like(p))
+        out = gated.update(x, streamed)[0]
+        g = ((out - base[0]) / (previous - base[0])).real
+        on_segment = ((out - base[0]).abs() + (previous - out).abs() - (previous - base[0]).abs()).abs()
+    assert float(on_segment.max()) < 1e-4 and 0 < float(g.min()) < float(g.max()) < 1 and float(g.std()) > 1e-3
+    save_checkpoint(str(tmp_path / "m"), gated, "imunne", {**arch, "recurrence": True}, {"note": "test"})
+    loaded, _, _ = load_checkpoint(str(tmp_path / "m.safetensors"))
+    with torch.no_grad():
+        assert torch.equal(loaded.update(x, streamed), gated.update(x, streamed))
+    new = set(gated.state_dict()) - set(init_tensors(plain.state_dict(), gated.state_dict()))
+    assert new and all(n.startswith("block.gate.") for n in new)
+    opt = make_optimizer(gated, 1e-4, new, 10.0)
+    rates = {id(p): group["lr"] for group in opt.param_groups for p in group["params"]}
+    assert all(rates[id(p)] == pytest.approx(1e-3 if n in new else 1e-4) for n, p in gated.named_parameters())
+
+
 def test_the_prior_scales_with_the_datas_noise_level(tmp_path):
     """arch tikhonov_noise=p: the update at noise level s is the plain update with the prior's
     weights times (s / TIKHONOV_NOISE_REF)^p, the factor clamped to [1/4, 8]; unchanged at the

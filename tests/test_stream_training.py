@@ -28,6 +28,7 @@ def scan():
 def _perturbed_imunne(seed=1, size=0.05, **arch):
     """A small IMUNNE whose weights are moved off their initialisation (the zero-initialised
     last layer would make the regulariser zero and block the gradients before it)."""
+    torch.manual_seed(seed)                  # the initialisation too: the same network in every run
     model = build_model("imunne", **ARCH, **arch)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -36,13 +37,16 @@ def _perturbed_imunne(seed=1, size=0.05, **arch):
     return model
 
 
-@pytest.mark.parametrize("window,lookahead,updates,frames,memory", [
-    (2, 1, 1, range(1, 7), 0.0), (3, 1, 2, range(0, 7), 0.0), (3, 0, 1, range(0, 4), 0.0),
-    (3, 2, 1, range(2, 3), 0.0),             # a clip shorter than the look-ahead: all emitted at flush
-    (2, 1, 2, range(0, 7), 0.5), (3, 1, 1, range(0, 7), 0.5)])    # the pull toward the previous image
-def test_replay_emits_what_the_stream_emits(scan, window, lookahead, updates, frames, memory):
+@pytest.mark.parametrize("window,lookahead,updates,frames,arch", [
+    (2, 1, 1, range(1, 7), {}), (3, 1, 2, range(0, 7), {}), (3, 0, 1, range(0, 4), {}),
+    (3, 2, 1, range(2, 3), {}),              # a clip shorter than the look-ahead: all emitted at flush
+    # the pull and the gate toward the previous image act on a window's first frame, the emitted
+    # one when lookahead = window - 1 (with less look-ahead it was emitted before: no direct effect)
+    (2, 1, 2, range(0, 7), {"memory": 0.5}), (3, 2, 1, range(0, 7), {"memory": 0.5}),
+    (2, 1, 2, range(0, 7), {"recurrence": True}), (3, 2, 1, range(0, 7), {"recurrence": True})])
+def test_replay_emits_what_the_stream_emits(scan, window, lookahead, updates, frames, arch):
     kspace, coords, maps, _ = scan
-    model = _perturbed_imunne(memory=memory).eval()
+    model = _perturbed_imunne(**arch).eval()
     cfg = ReconConfig(recon="imunne", window=window, lookahead=lookahead, max_iterations=updates,
                       tolerance=1e-9, warm_start=True)
     stream = StreamingNetworkRecon(model, cfg, "cpu", cg_start_iterations=3)
@@ -67,8 +71,8 @@ def test_replay_emits_what_the_stream_emits(scan, window, lookahead, updates, fr
     with torch.no_grad():
         more = streaming_outputs(model, cache, frames, window, lookahead, updates + 3) * scale
     assert float((more - theirs).abs().max() / theirs.abs().max()) > 1e-2
-    if memory:                               # the memory term acts from the first window with a frame before it
-        model.block.memory = 0.0
+    if arch:                                 # the memory term or gate acts from the first window with a frame before it
+        model.block.memory, model.block.gate = 0.0, None
         with torch.no_grad():
             plain = streaming_outputs(model, cache, frames, window, lookahead, updates) * scale
         first = window - lookahead           # the first frame emitted from a window with a predecessor
@@ -151,3 +155,19 @@ def test_train_with_the_streaming_term(scan, tmp_path):
     with pytest.raises(ValueError, match="noise"):
         train(TrainConfig(model="imunne", **ARCH, steps=1, stream_weight=1.0, noise_augment=0.1),
               [path], [path], str(tmp_path / "noisy"), progress=False)
+
+
+def test_split_files_lists_only_the_asked_scan_length(tmp_path):
+    """A split's prepared scans of one length: 16- and 32-frame files of the same seeds sit
+    side by side in --data; benchmarks asking for one length must not get the other."""
+    from recon_core.training.data import SCAN_FRAMES, split_file, split_files
+
+    for seed in (5000, 5001):
+        for frames in (SCAN_FRAMES, 32):
+            (tmp_path / split_file("val", seed, frames)).touch()
+    (tmp_path / split_file("train", 1000)).touch()
+    (tmp_path / "val_5000.npz").touch()                      # an older split version's file
+    names = lambda frames: [p.rsplit("/", 1)[1] for p in split_files(str(tmp_path), "val", frames)]
+    assert names(SCAN_FRAMES) == [split_file("val", 5000), split_file("val", 5001)]
+    assert names(32) == [split_file("val", 5000, 32), split_file("val", 5001, 32)]
+    assert split_files(str(tmp_path / "missing"), "val") == []

@@ -27,7 +27,9 @@ part of the map set in the model's ``arch`` (no weights), so a trained network c
 with it; ``arch: tikhonov_noise: p`` scales both weights with the data's noise level
 (:func:`~recon_core.networks.problem.noise_scaled_prior`). In a stream, ``arch: memory``
 adds the difference to the stream's previous image across the window's start
-(``Problem.previous``); offline windows have none.
+(``Problem.previous``); offline windows have none. With ``arch: recurrence`` each update
+ends by blending the window's first frame toward that previous image by a learned per-pixel
+gate (:mod:`~recon_core.networks.recurrence`), a recursive temporal filter.
 
 - **IMUNNE** iterates ``x_{k+1} = R(x_k)`` from ``x0`` to a fixed point (relative change
   below ``tol`` or ``max_iter``), optionally with Anderson acceleration. With
@@ -60,6 +62,7 @@ import torch.nn.functional as F
 from ..solvers import fixed_point
 from .cunet import CUNet
 from .problem import Problem, noise_scaled_prior, prior_weights
+from .recurrence import TemporalGate
 
 MODELS = ("imunne", "altun", "cunet")
 
@@ -70,9 +73,10 @@ class UpdateOperator(nn.Module):
 
     def __init__(self, channels: int = 16, levels: int = 2, unshuffle: int = 2, eta: float = 0.5,
                  noise_input: bool = False, tikhonov: tuple[float, float] = (0.0, 0.0), memory: float = 0.0,
-                 tikhonov_noise: float = 0.0):
+                 tikhonov_noise: float = 0.0, recurrence: bool = False):
         super().__init__()
         self.net = CUNet(channels, levels, unshuffle, noise_input)
+        self.gate = TemporalGate() if recurrence else None
         self.tikhonov_noise = float(tikhonov_noise)
         self.eta_raw = nn.Parameter(torch.tensor(float(torch.log(torch.expm1(torch.tensor(eta))))))
         self.tikhonov = prior_weights(tikhonov)
@@ -90,7 +94,10 @@ class UpdateOperator(nn.Module):
     def forward(self, x: torch.Tensor, problem: Problem) -> torch.Tensor:
         prior = noise_scaled_prior(self.tikhonov, problem.noise, self.tikhonov_noise)
         z = x - self.eta * problem.gradient(x, prior, self.memory)
-        return z - self.regularizer(z, problem.noise)
+        x = z - self.regularizer(z, problem.noise)
+        if self.gate is not None and problem.previous is not None:
+            x = self.gate(x, problem.previous, problem.noise)
+        return x
 
 
 class IMUNNE(nn.Module):
@@ -98,11 +105,12 @@ class IMUNNE(nn.Module):
 
     def __init__(self, channels=16, levels=2, unshuffle=2, eta=0.5, max_iter=20, tol=1e-3, anderson=0,
                  noise_input=False, start_weight=0.0, support=False, tikhonov=(0.0, 0.0), memory=0.0,
-                 tikhonov_noise=0.0):
+                 tikhonov_noise=0.0, recurrence=False):
         super().__init__()
         if not 0.0 <= start_weight < 1.0:
             raise ValueError(f"start_weight={start_weight}: expected 0 <= w < 1")
-        self.block = UpdateOperator(channels, levels, unshuffle, eta, noise_input, tikhonov, memory, tikhonov_noise)
+        self.block = UpdateOperator(channels, levels, unshuffle, eta, noise_input, tikhonov, memory, tikhonov_noise,
+                                    recurrence)
         self.max_iter, self.tol, self.anderson = max_iter, tol, anderson
         self.start_weight = start_weight
         self.support = support

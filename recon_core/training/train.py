@@ -50,6 +50,7 @@ class TrainConfig:
     tikhonov: tuple = (0.0, 0.0)  # IMUNNE, DUNE, FLAT: (mu_s, mu_t) of the smoothness prior in its gradient step
     memory: float = 0.0          # IMUNNE: weight of the difference to the stream's previous image (Problem.previous)
     tikhonov_noise: float = 0.0  # IMUNNE: tikhonov scaled by (noise / TIKHONOV_NOISE_REF)^p (networks.problem)
+    recurrence: bool = False     # IMUNNE in a stream: learned gate toward the previous image (networks.recurrence)
     blocks: int = 4              # Alt-UN
     window: int = 5
     batch: int = 1               # windows per step (per process under torchrun)
@@ -61,6 +62,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     init: str = ""               # checkpoint whose matching tensors (regularizer, step size) initialise this model
+    new_lr_scale: float = 1.0    # with init: the learning rate of the tensors it does not hold is lr x this
     val_scans: int = 3
     extra: dict = field(default_factory=dict)
     # --- DUNE / FLAT / SSDU (issue 5); the defaults leave imunne/altun/cunet training unchanged
@@ -157,6 +159,8 @@ class TrainConfig:
             a["memory"] = float(self.memory)
         if self.tikhonov_noise and self.model == "imunne":
             a["tikhonov_noise"] = float(self.tikhonov_noise)
+        if self.recurrence and self.model == "imunne":
+            a["recurrence"] = True
         if self.model == "altun":
             a.update(blocks=self.blocks)
         if self.model == "dune":
@@ -201,6 +205,15 @@ def init_tensors(source: dict, own: dict) -> dict:
                     out[name] = fitted
                     break
     return out
+
+
+def make_optimizer(model: torch.nn.Module, lr: float, new=(), new_lr_scale: float = 1.0) -> torch.optim.Adam:
+    """Adam over ``model``'s parameters at ``lr``; those named in ``new`` (tensors an init
+    checkpoint did not hold, e.g. a gate added to a trained network) at ``lr x new_lr_scale``."""
+    params = dict(model.named_parameters())
+    groups = [{"params": [p for n, p in params.items() if n not in new]},
+              {"params": [p for n, p in params.items() if n in new], "lr": lr * new_lr_scale}]
+    return torch.optim.Adam([g for g in groups if g["params"]], lr=lr)
 
 
 def _tensors(scan, device, frames=None):
@@ -480,13 +493,15 @@ def train(cfg: TrainConfig, train_paths, val_paths, out_dir: str, resume: bool =
                 val_caches.append(FrameCache(k, c, m, cfg.cg_start_iterations))
     rss_data = peak_rss_mb()
     model = build_model(cfg.model, **cfg.arch()).to(device).train()
+    new = set()                         # tensors the init checkpoint does not hold
     if cfg.init:
         from safetensors.torch import load_file
         init = init_tensors(load_file(cfg.init), model.state_dict())
         missing = model.load_state_dict(init, strict=False)
+        new = set(missing.missing_keys)
         log.info("regularizer initialised from %s (%d tensors; not from it: %s)", cfg.init, len(init),
                  missing.missing_keys)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    opt = make_optimizer(model, cfg.lr, new, cfg.new_lr_scale)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps, eta_min=cfg.lr * 0.05)
     history = {"step": [], "loss": [], "val": [], "config": asdict(cfg)}
     start_step = 0
