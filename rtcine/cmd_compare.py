@@ -49,7 +49,24 @@ def add_parser(sub):
                    "(nothing is reconstructed)")
     p.add_argument("--unpaced", action="store_true", help="with --suite: replay the streaming methods unpaced "
                    "(schedule quality without scanner pacing) instead of at scanner pace")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="with --suite: a chain setting over the realtime preset for the streaming methods "
+                        "(realtime, cs-stream; e.g. first_maps_grid=48), as rtcine replay --set")
     p.set_defaults(func=run)
+
+
+def stream_overrides(items: list[str]) -> dict:
+    """``--set KEY=VALUE`` items as typed ReconConfig fields (checked as the chain checks them)."""
+    from recon_core.config import ReconConfig
+
+    values = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"rtcine compare: --set {item!r}: expected KEY=VALUE")
+        values[key.strip()] = value.strip()
+    typed = ReconConfig.from_mapping(values, preset="realtime")
+    return {key: getattr(typed, key) for key in values}
 
 
 def _model_paths(args) -> dict:
@@ -74,6 +91,7 @@ def run_suite(args) -> int:
                            use_cache=not args.no_cache, paced=not args.unpaced, cached_only=args.cached_only,
                            lam_grids={k: tuple(float(v) for v in g.split(",")) for k, g in
                                       (item.split("=", 1) for item in args.lams)},
+                           stream_overrides=stream_overrides(args.set),
                            log=lambda m: print(m, flush=True))
     print()
     print(format_table(result))

@@ -255,8 +255,9 @@ def tune(runner: Runner, method: str, val_files: list[str], grid, extend: int = 
 
 def compare_suite(suite_dir: str, methods: list[str], model_dir: str, parts=("indist", "test"), log=print,
                   imunne_max_iter: int = 50, lam_grids: dict | None = None, use_cache: bool = True,
-                  paced: bool = True, cached_only: bool = False) -> dict:
-    """Run the comparison; returns ``{"tuned": {method: {lam, curve}}, "rows": {method: {column:
+                  paced: bool = True, cached_only: bool = False, stream_overrides: dict | None = None) -> dict:
+    """Run the comparison (``stream_overrides``: ReconConfig fields set over the realtime preset
+    for the streaming methods, cached apart from the preset's results); returns ``{"tuned": {method: {lam, curve}}, "rows": {method: {column:
     {psnr, ssim, n, ...}}}, "columns": [...], "per_scan": {method: {file: result}}}``."""
     from recon_core.shifted_suite.build import load_manifest
     from recon_core.shifted_suite.families import AXES
@@ -273,7 +274,7 @@ def compare_suite(suite_dir: str, methods: list[str], model_dir: str, parts=("in
     scans = manifest["scans"]
     val = [e["file"] for e in scans if e["part"] == "val"]
     runner = Runner(suite_dir, model_dir, imunne_max_iter=imunne_max_iter, log=log, use_cache=use_cache, paced=paced,
-                    cached_only=cached_only)
+                    cached_only=cached_only, stream_overrides=stream_overrides)
     grids = {**LAM_GRIDS, **(lam_grids or {})}
     tuned = {}
     for method in methods:

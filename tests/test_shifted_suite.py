@@ -126,3 +126,27 @@ def test_compare_no_cache_recomputes_every_result(tmp_path):
     assert on_disk["other"] == stale and all(on_disk[k]["psnr"] > 10 for k in keys)
     cached = Runner(str(tmp_path), "recon_core/models", log=lambda *a: None)
     assert cached.run("gridding", "b.h5") == results[1]
+
+
+def test_compare_set_overrides_the_streaming_settings(tmp_path):
+    """``rtcine compare --suite ... --set KEY=VALUE``: typed, checked like the chain's settings,
+    applied to the streaming methods and cached apart from the preset's results; an unknown
+    key is refused with its name."""
+    import subprocess
+    import sys
+
+    from rtcine.cmd_compare import stream_overrides
+    from rtcine.suite_compare import Runner
+
+    write_scan(str(tmp_path / "a.h5"), acquire(small("motion")))
+    assert stream_overrides(["cs_iterations=1", "first_maps_grid=48"]) == {"cs_iterations": 1, "first_maps_grid": 48}
+    preset = Runner(str(tmp_path), "recon_core/models", log=lambda *a: None, paced=False)
+    one = Runner(str(tmp_path), "recon_core/models", log=lambda *a: None, paced=False,
+                 stream_overrides=stream_overrides(["cs_iterations=1"]))
+    assert preset.key("cs-stream", "a.h5", 0.02) != one.key("cs-stream", "a.h5", 0.02)
+    assert preset.key("gridding", "a.h5") == one.key("gridding", "a.h5")
+    full, cut = preset.run("cs-stream", "a.h5", 0.02), one.run("cs-stream", "a.h5", 0.02)
+    assert full["psnr"] > 10 and cut["psnr"] > 10 and full["psnr"] != cut["psnr"]
+    r = subprocess.run([sys.executable, "-m", "rtcine", "compare", "--suite", "shifted", "--suite-dir", str(tmp_path),
+                        "--set", "first_maps_gird=48"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "first_maps_gird" in r.stderr, r.stderr[-2000:]
