@@ -27,7 +27,8 @@ import sys
 import tempfile
 import time
 
-import numpy as np
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")     # before numpy loads, as rtcine does (paced replays)
+import numpy as np  # noqa: E402
 
 
 def floats(text: str) -> list[float]:

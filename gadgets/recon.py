@@ -243,7 +243,8 @@ def reconstruct_frames(items, cfg, protocol, stats, clock=time.perf_counter):
     def coil_maps() -> CoilMapService:
         return CoilMapService(shape, cfg.coil_maps, cfg.calibration_frames, cfg.coil_map_refresh, cfg.device,
                               cfg.espirit_lag, first_frames=0 if cfg.wait_for_maps else cfg.first_maps_frames,
-                              first_grid=cfg.first_maps_grid, first_lag=cfg.first_maps_lag)
+                              first_grid=cfg.first_maps_grid, first_lag=cfg.first_maps_lag,
+                              lowres_support=cfg.lowres_support)
 
     # the first slice's state is made before the first frame (ESPIRiT warmed up, the reconstructor
     # built above): a scan's first frames do not wait for it
@@ -360,10 +361,29 @@ def set_threads(threads: int = 0) -> int:
     250-290 ms) where 2 fell behind (0.96-0.97, 1.3-1.5 s): the threads of two concurrent
     2-thread calls contend for the 2 cores."""
     n = threads or max(1, (os.cpu_count() or 2) // 2)
+    _warn_blas_threads()
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
         log.info("torch: %d thread(s) per call", n)
     return n
+
+
+_blas_warned = False
+
+
+def _warn_blas_threads() -> None:
+    """Warn once per process when ``OPENBLAS_NUM_THREADS`` is unset. numpy's OpenBLAS then starts
+    a busy-waiting thread per core for ESPIRiT on the calibration thread, which fights the
+    chain's threads: on the 2-core CPU, paced replays of the 5 shifted val scans from a script
+    without it had p99 up to 206 ms and ESPIRiT's maps later (``coils_00``'s SSIM 0.78-0.87)
+    against p99 <= 116 ms (0.90-0.92) with it. It must be set before numpy loads, so it is only
+    checked here: ``rtcine``, the Dockerfile and the systemd units set it to 1."""
+    global _blas_warned
+    if not _blas_warned and "OPENBLAS_NUM_THREADS" not in os.environ and (os.cpu_count() or 1) > 1:
+        _blas_warned = True
+        log.warning("OPENBLAS_NUM_THREADS is not set: numpy's BLAS threads (ESPIRiT) will compete with the "
+                    "chain's threads and raise its latency; set OPENBLAS_NUM_THREADS=1 before Python starts "
+                    "(the rtcine command does)")
 
 
 def _prepared(items, prepare):

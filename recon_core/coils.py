@@ -95,11 +95,15 @@ def _centred_ifft(x: np.ndarray) -> np.ndarray:
     return np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(x, axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
 
 
-def lowres_maps(coil_images: np.ndarray, calib: int = 24, eps: float = 1e-3) -> np.ndarray:
+def lowres_maps(coil_images: np.ndarray, calib: int = 24, eps: float = 1e-3, support: float = 0.0) -> np.ndarray:
     """Fast maps: coil images low-passed to the central ``calib`` k-space lines (Hann window),
     divided by their root sum of squares. ``(C, Y, X)`` -> ``(C, Y, X)``, sum_c |S|^2 = 1
-    where there is signal, tapering to 0 in the background. ``calib`` is capped at the
-    matrix (a 16x16 image uses all its 16 lines)."""
+    where there is signal, tapering to 0 only below ``eps`` x the maximum. ``calib`` is capped
+    at the matrix (a 16x16 image uses all its 16 lines).
+
+    ``support`` > 0 also sets the maps to zero outside the object, as ESPIRiT's eigenvalue
+    crop does (:func:`support_mask`). Without it a SENSE reconstruction on these maps
+    reconstructs the background's noise and streaks everywhere."""
     ksp = _centred_fft(coil_images)
     ny, nx = ksp.shape[-2:]
     calib = min(calib, ny, nx)
@@ -110,7 +114,25 @@ def lowres_maps(coil_images: np.ndarray, calib: int = 24, eps: float = 1e-3) -> 
     low = _centred_ifft(ksp * win)
     rss = np.sqrt((np.abs(low) ** 2).sum(0))
     floor = eps * rss.max()
-    return (low / np.maximum(rss, floor)).astype(np.complex64)
+    maps = low / np.maximum(rss, floor)
+    if support > 0:
+        maps = maps * support_mask(rss, support)
+    return maps.astype(np.complex64)
+
+
+def support_mask(rss: np.ndarray, threshold: float) -> np.ndarray:
+    """The object's region ``(Y, X)`` bool from a low-resolution root-sum-of-squares image:
+    above ``threshold`` x its maximum, holes filled (dark lungs inside the body wall), grown
+    by ``Y / 64`` pixels (2 for a 128 matrix) so that the edge is not cut.
+
+    On the 5 shifted val scans (realtime preset, unpaced), fallback maps masked at 0.1 raised
+    the first 6 frames' SSIM from 0.46-0.84 to 0.67-0.94: 33.80 / 0.882 -> 34.04 / 0.918 over
+    the scans; 0.05 gave 33.99 / 0.910, 0.2 33.59 / 0.906 (it cuts into deep tissue under
+    surface arrays' shading)."""
+    from scipy import ndimage
+
+    mask = ndimage.binary_fill_holes(rss > threshold * rss.max())
+    return ndimage.binary_dilation(mask, iterations=max(1, round(rss.shape[0] / 64)))
 
 
 def espirit_maps(coil_images: np.ndarray, calib: int = 24, kernel: int = 6, threshold: float = 0.02,
@@ -183,14 +205,15 @@ def warm_up_espirit() -> float:
 
 
 def estimate_maps(data: np.ndarray, coords: np.ndarray, shape, method: str = "espirit",
-                  calib: int = 24, grid: int = 0) -> np.ndarray:
+                  calib: int = 24, grid: int = 0, support: float = 0.0) -> np.ndarray:
     """Coil maps ``(C, Y, X)`` from spokes ``data (S, C, R)`` at ``coords (S, R, 2)``.
 
     ``method``: ``espirit`` (sigpy ESPIRiT, on a ``grid x grid`` grid if ``grid``, see
-    :func:`espirit_maps`) or ``lowres`` (fast fallback)."""
+    :func:`espirit_maps`) or ``lowres`` (fast fallback; zero outside the object if
+    ``support``, see :func:`lowres_maps`)."""
     images = calibration_images(data, coords, shape)
     if method == "espirit":
         return espirit_maps(images, calib=calib, grid=grid)
     if method == "lowres":
-        return lowres_maps(images, calib=calib)
+        return lowres_maps(images, calib=calib, support=support)
     raise ValueError(f"unknown coil map method {method!r}; expected 'espirit' or 'lowres'")

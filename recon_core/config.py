@@ -64,6 +64,10 @@ class ReconConfig:
     #: also none with wait_for_maps). 4 frames of 13 spokes sample the 24x24 calibration block
     first_maps_frames: int = 4
     first_maps_grid: int = 64
+    #: lowres maps (the fallback until ESPIRiT's, and coil_maps: lowres) are zero outside the
+    #: region where the low-resolution image exceeds this fraction of its maximum, holes
+    #: filled (recon_core.coils.support_mask; 0: nowhere zero)
+    lowres_support: float = 0.1
     #: recompute maps every this many frames from the latest calibration window (0: never)
     coil_map_refresh: int = 0
     #: hold frames until the ESPIRiT maps exist (reproducible offline); else use lowres maps meanwhile
@@ -137,6 +141,7 @@ class ReconConfig:
             need(getattr(self, name) >= 1, f"{name}={getattr(self, name)}: must be >= 1")
         need(self.first_maps_grid == 0 or self.first_maps_grid >= 24,
              f"first_maps_grid={self.first_maps_grid}: 0 (the full grid) or at least the 24-wide calibration block")
+        need(0.0 <= self.lowres_support < 1.0, f"lowres_support={self.lowres_support}: must be in [0, 1)")
         need(self.spokes_per_frame <= MAX_SPOKES_PER_FRAME,
              f"spokes_per_frame={self.spokes_per_frame}: at most {MAX_SPOKES_PER_FRAME}")
         need(0 <= self.lookahead < self.window, f"lookahead={self.lookahead}: must be in [0, window)")

@@ -47,6 +47,30 @@ def test_lowres_maps_on_a_matrix_smaller_than_the_window():
     assert np.allclose(rss[obj > 0][:10], 1.0, atol=1e-3)
 
 
+def test_lowres_maps_with_support_are_zero_outside_the_body_and_keep_its_dark_inside():
+    """Fallback maps with ``support``: a body whose inside is dark (lungs) in a noisy
+    background keeps unit-norm maps over the whole body, dark part included, and zero
+    maps in the background, where without it they are unit-norm noise."""
+    from recon_core.coils import lowres_maps
+
+    g = np.random.default_rng(1)
+    yy, xx = np.mgrid[-32:32, -32:32]
+    r2 = yy ** 2 + xx ** 2
+    body = r2 < 24 ** 2
+    obj = np.where(r2 < 12 ** 2, 0.05, 1.0) * body
+    sens = np.stack([np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 2000.0) * np.exp(0.05j * (cx * xx + cy * yy) / 30)
+                     for cy, cx in ((-30, 0), (30, 0), (0, -30), (0, 30))])
+    noise = 0.02 * (g.standard_normal((4, 64, 64)) + 1j * g.standard_normal((4, 64, 64)))
+    images = (sens * obj + noise).astype(np.complex64)
+    plain = np.sqrt((np.abs(lowres_maps(images)) ** 2).sum(0))
+    masked = np.sqrt((np.abs(lowres_maps(images, support=0.1)) ** 2).sum(0))
+    background = r2 > 30 ** 2
+    assert plain[background].mean() > 0.9                      # noise gets unit-norm maps
+    assert masked[background].max() == 0.0
+    assert np.allclose(masked[body], plain[body])              # inside the body: unchanged
+    assert np.allclose(masked[r2 < 10 ** 2], 1.0, atol=1e-3)   # the dark inside is kept
+
+
 def test_espirit_thread_runs_at_lower_cpu_priority():
     """ESPIRiT's thread yields the cores to the preparation and solver threads at the scan's
     start (Linux: its nice value is ESPIRIT_NICE above the chain's, capped at 19)."""

@@ -20,6 +20,7 @@ def test_strings_are_typed():
     ({"recon": "magic"}, "recon"),
     ({"virtual_coils": "-2"}, "virtual_coils"),
     ({"device": "tpu"}, "device"),
+    ({"lowres_support": "1.5"}, "lowres_support"),
 ])
 def test_bad_values_are_named(values, word):
     with pytest.raises(ConfigError, match=word):

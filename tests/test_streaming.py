@@ -1,15 +1,11 @@
 """Streaming network reconstruction: windows, warm start, deadlines, overload."""
-import ismrmrd
 import numpy as np
 import pytest
 import torch
 
-from gadgets.chain import run_chain
 from gadgets.images import image_frame
 from gadgets.replay import replay
-from gadgets.stats import ChainStats
 from recon_core.config import ReconConfig
-from recon_core.mrd import open_dataset, read_acquisitions, read_header
 from recon_core.networks.unrolled import build_model
 from recon_core.training.checkpoint import save_checkpoint
 
@@ -232,3 +228,22 @@ def test_deadline_stops_before_an_update_that_would_end_past_it():
     assert not deadline()
     now[0] = 0.75                       # second took 0.35 s: a third would end at 1.1
     assert deadline()
+
+
+def test_chain_warns_once_when_openblas_threads_are_unset(monkeypatch, caplog):
+    """A chain started without OPENBLAS_NUM_THREADS (numpy's BLAS threads then compete with the
+    chain's) says so once, naming the variable; with it set, nothing is logged."""
+    import gadgets.recon as recon_mod
+
+    monkeypatch.setattr(recon_mod, "_blas_warned", False)
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
+    with caplog.at_level("WARNING", logger="rtcine.recon"):
+        recon_mod.set_threads(1)
+    assert not [r for r in caplog.records if "OPENBLAS_NUM_THREADS" in r.getMessage()]
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS")
+    monkeypatch.setattr(recon_mod.os, "cpu_count", lambda: 2)
+    with caplog.at_level("WARNING", logger="rtcine.recon"):
+        recon_mod.set_threads(1)
+        recon_mod.set_threads(1)
+    warned = [r for r in caplog.records if "OPENBLAS_NUM_THREADS is not set" in r.getMessage()]
+    assert len(warned) == 1
