@@ -131,6 +131,9 @@ def add_parser(sub):
     p.add_argument("--stream-ssim", type=float, default=0.0,
                    help="streaming loss: weight of (1 - SSIM) of the streamed magnitudes beside their "
                         "complex L1 (0: L1 alone)")
+    p.add_argument("--stream-fallback", type=int, default=0, metavar="K",
+                   help="streaming loss: a scan's first K frames on the chain's fallback coil maps (lowres, "
+                        "zero outside the object), as a stream has them before ESPIRiT's (0: the scan's maps)")
     p.add_argument("--window-weight", type=float, default=1.0,
                    help="weight of the usual window loss (JFB for imunne); 0 with --stream-weight trains "
                         "for the streaming schedule alone (a real-time model)")
@@ -220,6 +223,7 @@ def _run(args, device, distributed) -> int:
                       noise_augment=args.noise_augment, stream_weight=args.stream_weight,
                       stream_clip=args.stream_clip,
                       stream_burn_in=args.stream_burn_in, stream_ssim=args.stream_ssim,
+                      stream_fallback=args.stream_fallback,
                       window_weight=args.window_weight,
                       anchor=bool(args.anchor_scans))
     for key, value in finetune.items():          # the fine-tuned model's architecture and schedule

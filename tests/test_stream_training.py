@@ -123,6 +123,28 @@ def test_the_ssim_term_is_the_metrics_ssim_and_trains(scan):
     assert any(float(p.grad.abs().sum()) > 0 for p in model.parameters() if p.grad is not None)
 
 
+def test_early_frames_are_streamed_on_their_own_maps(scan):
+    """``early`` (the chain's fallback maps for a scan's first frames): on the scan's own maps
+    it changes nothing; on other maps it changes the frames solved on them and, through the
+    warm start, those after, and the images the fallback maps gave are what a stream on
+    those maps alone emits for those frames."""
+    kspace, coords, maps, _ = scan
+    model = _perturbed_imunne().eval()
+    cache = FrameCache(kspace, coords, maps)
+    with torch.no_grad():
+        plain = streaming_outputs(model, cache, range(0, 7), 2, 1, 1)
+        same = streaming_outputs(model, cache, range(0, 7), 2, 1, 1, early=FrameCache(kspace[:3], coords[:3], maps))
+        assert torch.allclose(same, plain)
+        other = maps * torch.linspace(0.5, 1.5, 32)[None, None, :]       # other maps: another shading
+        early = FrameCache(kspace[:3], coords[:3], other)
+        mixed = streaming_outputs(model, cache, range(0, 7), 2, 1, 1, early=early)
+        alone = streaming_outputs(model, FrameCache(kspace, coords, other), range(0, 7), 2, 1, 1)
+    # frames 0-1 are emitted from windows whose newest frame is < 3: exactly the other maps' images
+    assert torch.allclose(mixed[:2], alone[:2], atol=1e-6)
+    assert not torch.allclose(mixed[:2], plain[:2], atol=1e-3)
+    assert not torch.allclose(mixed[4:], plain[4:], atol=1e-4) and not torch.allclose(mixed[4:], alone[4:], atol=1e-4)
+
+
 def test_train_with_the_streaming_term(scan, tmp_path):
     from recon_core.training.train import TrainConfig, train
 
@@ -147,10 +169,11 @@ def test_train_with_the_streaming_term(scan, tmp_path):
     # for the streaming schedule alone (a real-time model): the YAML names the schedule, which
     # the chain checks, and the model's default iteration count is its updates per window
     rt = TrainConfig(model="imunne", **ARCH, window=2, steps=1, checkpoint_every=1, validate_every=1, init=init,
-                     stream_weight=1.0, window_weight=0.0, stream_clip=5, stream_updates=2)
+                     stream_weight=1.0, window_weight=0.0, stream_clip=5, stream_updates=2, stream_fallback=3)
     train(rt, [path], [path], str(tmp_path / "rt"), progress=False)
     _, meta, _ = load_checkpoint(str(tmp_path / "rt" / "model.safetensors"))
     assert meta["streaming"] == {"window": 2, "lookahead": 1, "updates": 2} and meta["arch"]["max_iter"] == 2
+    assert "first 3 frames on fallback maps" in meta["training"]["loss"]
 
     with pytest.raises(ValueError, match="noise"):
         train(TrainConfig(model="imunne", **ARCH, steps=1, stream_weight=1.0, noise_augment=0.1),

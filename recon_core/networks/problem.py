@@ -172,6 +172,9 @@ class FrameCache:
         self.y_w = op.weigh(flatten_kspace(kspace))
         self.rhs = op.adjoint(self.y_w)
         self.x0 = conjugate_gradient(op.normal, self.rhs, iterations=cg_iterations)
+        #: the scan's first frames on other maps (the chain's fallback maps), for streaming
+        #: training (:mod:`recon_core.training.stream_schedule`); None: every frame on ``maps``
+        self.early: FrameCache | None = None
 
     def problem(self, frames: slice) -> Problem:
         """The normalised Problem of the window ``frames`` (same as :func:`make_problem`)."""

@@ -18,6 +18,11 @@ carries ``previous``, the current estimate of the frame before it (for ``arch: m
 All images are in the clip's normalised units: divided by one ``scale`` for the whole clip,
 the 99th percentile of the first frame's ``|x0|`` (the stream fixes its scale by its first
 frame).
+
+``early`` replays the chain's start: a :class:`FrameCache` of a scan's first ``K`` frames on
+other coil maps (the chain's fallback maps, before ESPIRiT's arrive). A window whose newest
+frame is one of them is solved on those maps; the clip's first frame starts from their
+CG-SENSE, and the stream's scale is theirs.
 """
 from __future__ import annotations
 
@@ -28,9 +33,11 @@ from ..networks.problem import FrameCache, Problem, intensity_scale
 from ..operators import RadialSense
 
 
-def clip_scale(cache: FrameCache, first: int) -> float:
-    """The stream's scale: :func:`intensity_scale` of frame ``first``'s CG-SENSE start."""
-    return intensity_scale(cache.x0[first])
+def clip_scale(cache: FrameCache, first: int, early: FrameCache | None = None) -> float:
+    """The stream's scale: :func:`intensity_scale` of frame ``first``'s CG-SENSE start (on
+    ``early``'s maps if it holds that frame)."""
+    start = early if early is not None and first < early.x0.shape[0] else cache
+    return intensity_scale(start.x0[first])
 
 
 def _frame_range(frames, total: int) -> range:
@@ -41,7 +48,7 @@ def _frame_range(frames, total: int) -> range:
 
 
 def streaming_outputs(model, cache: FrameCache, frames, window: int = 2, lookahead: int = 1, updates: int = 1,
-                      scale: float | None = None) -> torch.Tensor:
+                      scale: float | None = None, early: FrameCache | None = None) -> torch.Tensor:
     """The images the stream emits for the consecutive ``frames`` (range or slice of the
     cache's frames), in frame order, those emitted at flush included: ``(T, Y, X)``
     complex, normalised by ``scale`` (default :func:`clip_scale` of the first frame).
@@ -53,10 +60,13 @@ def streaming_outputs(model, cache: FrameCache, frames, window: int = 2, lookahe
                          "need 0 <= lookahead < window and updates >= 1")
     frames = _frame_range(frames, cache.x0.shape[0])
     if scale is None:
-        scale = clip_scale(cache, frames[0])
+        scale = clip_scale(cache, frames[0], early)
     clip = slice(frames.start, frames.stop)
     coords, weights, kernel = cache.coords[clip], cache.weights[clip], cache.kernel[clip]
     y_w, rhs = cache.y_w[clip] / scale, cache.rhs[clip] / scale
+    n_early = 0 if early is None else max(0, early.x0.shape[0] - frames.start)   # clip frames on early's maps
+    if n_early:
+        rhs_early = early.rhs[frames.start:frames.start + n_early] / scale
 
     estimates: list[torch.Tensor] = []     # current (Y, X) estimate of every clip frame so far
     outputs: list[torch.Tensor] = []       # emitted images, in frame order
@@ -64,16 +74,18 @@ def streaming_outputs(model, cache: FrameCache, frames, window: int = 2, lookahe
     def solve(newest: int) -> None:
         """``updates`` block applications on the window ending at clip frame ``newest``."""
         w = slice(max(0, newest + 1 - window), newest + 1)
-        op = RadialSense(coords[w], cache.maps, weights[w], kernel=kernel[w])
+        on_early = newest < n_early
+        op = RadialSense(coords[w], early.maps if on_early else cache.maps, weights[w], kernel=kernel[w])
         x = torch.stack(estimates[w])
         previous = estimates[w.start - 1] if w.start > 0 else None     # the stream's image before the window
-        problem = Problem(op, y_w[w], rhs[w], x, scale, previous=previous)
+        problem = Problem(op, y_w[w], rhs_early[w] if on_early else rhs[w], x, scale, previous=previous)
         for _ in range(updates):
             x = model.block(x, problem)
         estimates[w] = list(x.unbind(0))
 
     for i in range(len(frames)):
-        estimates.append(cache.x0[frames[0]] / scale if i == 0 else estimates[-1])
+        start = early if n_early else cache
+        estimates.append(start.x0[frames[0]] / scale if i == 0 else estimates[-1])
         if i >= lookahead:                   # the window holds lookahead + 1 frames or more
             solve(i)
             outputs.append(estimates[i - lookahead])
@@ -85,19 +97,19 @@ def streaming_outputs(model, cache: FrameCache, frames, window: int = 2, lookahe
 
 
 def streaming_loss(model, cache: FrameCache, frames, target: torch.Tensor, window: int = 2, lookahead: int = 1,
-                   updates: int = 1, burn_in: int = 0, ssim_weight: float = 0.0):
+                   updates: int = 1, burn_in: int = 0, ssim_weight: float = 0.0, early: FrameCache | None = None):
     """Complex L1 (mean) of :func:`streaming_outputs` against ``target (T, Y, X)`` (the
     clip's targets in the data's units, divided here by the clip's scale), over the frames
     after the first ``burn_in`` (which start from the clip's CG-SENSE start, unlike a running
     stream's); plus ``ssim_weight x (1 - SSIM)`` of the magnitudes, frame by frame (data range
     the target frame's maximum, :func:`recon_core.metrics.ssim_map`; the images are in the
-    target's units, so no rescaling). ``(loss, info)`` with ``info = {"x": outputs (T, Y, X)
+    target's units, so no rescaling). ``early``: see :func:`streaming_outputs`. ``(loss, info)`` with ``info = {"x": outputs (T, Y, X)
     detached, normalised, "scale": float}``."""
     frames = _frame_range(frames, cache.x0.shape[0])
     if not 0 <= burn_in < len(frames):
         raise ValueError(f"burn_in={burn_in}: must be in [0, {len(frames)}) for a clip of {len(frames)} frames")
-    scale = clip_scale(cache, frames[0])
-    x = streaming_outputs(model, cache, frames, window, lookahead, updates, scale)
+    scale = clip_scale(cache, frames[0], early)
+    x = streaming_outputs(model, cache, frames, window, lookahead, updates, scale, early)
     ref = target[burn_in:] / scale
     loss = (x[burn_in:] - ref).abs().mean()
     if ssim_weight:

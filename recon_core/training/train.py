@@ -91,6 +91,10 @@ class TrainConfig:
     stream_clip: int = 8
     stream_burn_in: int = 0          # first frames of a clip left out of the streaming loss
     stream_ssim: float = 0.0         # weight of (1 - SSIM) of the streamed magnitudes beside their complex L1
+    # a scan's first stream_fallback frames are streamed on the chain's fallback coil maps
+    # (lowres, zero outside the object, from the first 2 frames' spokes), as the chain does
+    # before ESPIRiT's maps arrive (0: every frame on the scan's maps)
+    stream_fallback: int = 0
     # weight of the usual window loss (JFB for IMUNNE); 0 with stream_weight > 0 trains for the
     # streaming schedule alone (a real-time model, no longer trained for its fixed point)
     window_weight: float = 1.0
@@ -137,8 +141,9 @@ class TrainConfig:
             terms = []
         if self.stream_weight > 0:
             ssim = f" + (1 - SSIM) x {self.stream_ssim:g}" if self.stream_ssim else ""
+            early = f"; first {self.stream_fallback} frames on fallback maps" if self.stream_fallback else ""
             terms.append(f"streaming schedule (window {self.stream_window}, look-ahead {self.stream_lookahead}, "
-                         f"{self.stream_updates} updates; complex L1{ssim}) x {self.stream_weight:g}")
+                         f"{self.stream_updates} updates; complex L1{ssim}{early}) x {self.stream_weight:g}")
         return " + ".join(terms)
 
     def arch(self) -> dict:
@@ -223,6 +228,20 @@ def _tensors(scan, device, frames=None):
     target = torch.from_numpy(scan["target"][sl]).to(device) if "target" in scan else None
     return (torch.from_numpy(scan["kspace"][sl]).to(device), torch.from_numpy(scan["coords"][sl]).to(device),
             torch.from_numpy(scan["maps"]).to(device), target)
+
+
+def fallback_cache(scan, frames: int, device, cg_iterations: int = 3, support: float = 0.1) -> FrameCache:
+    """The :class:`FrameCache` of a scan's first ``frames`` frames on the chain's fallback coil
+    maps: :func:`recon_core.coils.lowres_maps` with ``support`` from the first 2 frames' spokes
+    (the chain refreshes them as its pool grows; one set stands for them here)."""
+    from ..coils import estimate_maps
+
+    pool = min(2, scan["kspace"].shape[0])
+    data = np.concatenate(list(scan["kspace"][:pool].transpose(0, 2, 1, 3)))      # (S_total, C, R)
+    coords = np.concatenate(list(scan["coords"][:pool]))                           # (S_total, R, 2)
+    maps = estimate_maps(data, coords, scan["maps"].shape[-2:], "lowres", support=support)
+    k, c, _, _ = _tensors(scan, device, slice(0, frames))
+    return FrameCache(k, c, torch.from_numpy(maps).to(device), cg_iterations)
 
 
 def evaluate_model(model, scans, cg_start_iterations=3, device="cpu", window=None):
@@ -413,7 +432,7 @@ class StepLoss(torch.nn.Module):
                     s_loss, _ = streaming_loss(self.model, cache, range(frames.start, frames.stop),
                                                torch.from_numpy(scan["target"][frames]).to(self.device),
                                                cfg.stream_window, cfg.stream_lookahead, cfg.stream_updates, burn_in,
-                                               cfg.stream_ssim)
+                                               cfg.stream_ssim, early=cache.early)
                 term = term + cfg.stream_weight * s_loss
                 stream_losses.append(s_loss.detach())
             total = total + term / len(samples)
@@ -470,6 +489,8 @@ def train(cfg: TrainConfig, train_paths, val_paths, out_dir: str, resume: bool =
                     continue
                 k, c, m, _ = _tensors(scan, device)
                 caches.append(FrameCache(k, c, m, cfg.cg_start_iterations))
+                if cfg.stream_fallback > 0 and cfg.stream_weight > 0:
+                    caches[-1].early = fallback_cache(scan, cfg.stream_fallback, device, cfg.cg_start_iterations)
     val = [load_scan(p) for p in val_paths[:cfg.val_scans]] if main else []
     val_caches = None
     if cfg.window_weight <= 0 and cfg.stream_weight <= 0:
