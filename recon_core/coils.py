@@ -126,9 +126,9 @@ def support_mask(rss: np.ndarray, threshold: float) -> np.ndarray:
     by ``Y / 64`` pixels (2 for a 128 matrix) so that the edge is not cut.
 
     On the 5 shifted val scans (realtime preset, unpaced), fallback maps masked at 0.1 raised
-    the first 6 frames' SSIM from 0.46-0.84 to 0.67-0.94: 33.80 / 0.882 -> 34.04 / 0.918 over
-    the scans; 0.05 gave 33.99 / 0.910, 0.2 33.59 / 0.906 (it cuts into deep tissue under
-    surface arrays' shading)."""
+    the real-time model from 33.77 / 0.874 to 34.04 / 0.918. In a sweep with the first maps
+    at frame 6 (the first 6 frames' SSIM 0.46-0.84 -> 0.67-0.94) 0.05 gave 33.99 / 0.910 and
+    0.2 33.59 / 0.906 (it cuts into deep tissue under surface arrays' shading)."""
     from scipy import ndimage
 
     mask = ndimage.binary_fill_holes(rss > threshold * rss.max())
