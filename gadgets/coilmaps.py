@@ -96,7 +96,10 @@ class CoilMapService:
 
     def _compute(self, data, coords, method, grid: int = 0):
         images = calibration_images(data, coords, self.shape)
-        maps = espirit_maps(images, grid=grid) if method == "espirit" else lowres_maps(images, support=self.lowres_support)
+        if method == "espirit":
+            maps = espirit_maps(images, grid=grid)
+        else:
+            maps = lowres_maps(images, support=self.lowres_support)
         return torch.from_numpy(maps).to(self.device)
 
     def start_update(self, grid: int = 0, lag: int | None = None) -> None:

@@ -67,6 +67,7 @@ def streaming_outputs(model, cache: FrameCache, frames, window: int = 2, lookahe
     n_early = 0 if early is None else max(0, early.x0.shape[0] - frames.start)   # clip frames on early's maps
     if n_early:
         rhs_early = early.rhs[frames.start:frames.start + n_early] / scale
+    start = early if n_early else cache                                  # the clip's first CG-SENSE start
 
     estimates: list[torch.Tensor] = []     # current (Y, X) estimate of every clip frame so far
     outputs: list[torch.Tensor] = []       # emitted images, in frame order
@@ -84,7 +85,6 @@ def streaming_outputs(model, cache: FrameCache, frames, window: int = 2, lookahe
         estimates[w] = list(x.unbind(0))
 
     for i in range(len(frames)):
-        start = early if n_early else cache
         estimates.append(start.x0[frames[0]] / scale if i == 0 else estimates[-1])
         if i >= lookahead:                   # the window holds lookahead + 1 frames or more
             solve(i)
@@ -103,8 +103,8 @@ def streaming_loss(model, cache: FrameCache, frames, target: torch.Tensor, windo
     after the first ``burn_in`` (which start from the clip's CG-SENSE start, unlike a running
     stream's); plus ``ssim_weight x (1 - SSIM)`` of the magnitudes, frame by frame (data range
     the target frame's maximum, :func:`recon_core.metrics.ssim_map`; the images are in the
-    target's units, so no rescaling). ``early``: see :func:`streaming_outputs`. ``(loss, info)`` with ``info = {"x": outputs (T, Y, X)
-    detached, normalised, "scale": float}``."""
+    target's units, so no rescaling). ``early``: see :func:`streaming_outputs`. ``(loss, info)``
+    with ``info = {"x": outputs (T, Y, X) detached, normalised, "scale": float}``."""
     frames = _frame_range(frames, cache.x0.shape[0])
     if not 0 <= burn_in < len(frames):
         raise ValueError(f"burn_in={burn_in}: must be in [0, {len(frames)}) for a clip of {len(frames)} frames")

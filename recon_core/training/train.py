@@ -230,11 +230,15 @@ def _tensors(scan, device, frames=None):
             torch.from_numpy(scan["maps"]).to(device), target)
 
 
-def fallback_cache(scan, frames: int, device, cg_iterations: int = 3, support: float = 0.1) -> FrameCache:
+def fallback_cache(scan, frames: int, device, cg_iterations: int = 3, support: float | None = None) -> FrameCache:
     """The :class:`FrameCache` of a scan's first ``frames`` frames on the chain's fallback coil
-    maps: :func:`recon_core.coils.lowres_maps` with ``support`` from the first 2 frames' spokes
-    (the chain refreshes them as its pool grows; one set stands for them here)."""
+    maps: :func:`recon_core.coils.lowres_maps` with ``support`` (default the chain's
+    ``lowres_support``) from the first 2 frames' spokes (the chain refreshes them as its pool
+    grows; one set stands for them here)."""
     from ..coils import estimate_maps
+    from ..config import ReconConfig
+
+    support = ReconConfig.lowres_support if support is None else support
 
     pool = min(2, scan["kspace"].shape[0])
     data = np.concatenate(list(scan["kspace"][:pool].transpose(0, 2, 1, 3)))      # (S_total, C, R)
