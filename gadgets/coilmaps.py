@@ -31,10 +31,9 @@ import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 
-import numpy as np
 import torch
 
-from recon_core.coils import calibration_images, espirit_maps, lowres_maps, warm_up_espirit
+from recon_core.coils import calibration_images, espirit_maps, lowres_maps, pool_spokes, warm_up_espirit
 
 log = logging.getLogger("rtcine.coilmaps")
 
@@ -90,9 +89,7 @@ class CoilMapService:
             self.start_update()
 
     def _pooled(self):
-        data = np.concatenate([k.transpose(1, 0, 2) for k, _ in self.pool])    # (S_total, C, R)
-        coords = np.concatenate([c for _, c in self.pool])                      # (S_total, R, 2)
-        return data, coords
+        return pool_spokes(self.pool)                     # (S_total, C, R), (S_total, R, 2)
 
     def _compute(self, data, coords, method, grid: int = 0):
         images = calibration_images(data, coords, self.shape)

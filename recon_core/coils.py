@@ -204,6 +204,16 @@ def warm_up_espirit() -> float:
     return time.perf_counter() - t0
 
 
+def pool_spokes(frames) -> tuple[np.ndarray, np.ndarray]:
+    """The spokes of several frames as one calibration set: ``frames`` yields
+    ``(kspace (C, S, R), coords (S, R, 2))`` per frame; returns ``data (S_total, C, R)`` and
+    ``coords (S_total, R, 2)`` in frame order, as :func:`estimate_maps` takes them."""
+    frames = list(frames)
+    data = np.concatenate([k.transpose(1, 0, 2) for k, _ in frames])
+    coords = np.concatenate([c for _, c in frames])
+    return data, coords
+
+
 def estimate_maps(data: np.ndarray, coords: np.ndarray, shape, method: str = "espirit",
                   calib: int = 24, grid: int = 0, support: float = 0.0) -> np.ndarray:
     """Coil maps ``(C, Y, X)`` from spokes ``data (S, C, R)`` at ``coords (S, R, 2)``.

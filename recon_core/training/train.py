@@ -235,14 +235,13 @@ def fallback_cache(scan, frames: int, device, cg_iterations: int = 3, support: f
     maps: :func:`recon_core.coils.lowres_maps` with ``support`` (default the chain's
     ``lowres_support``) from the first 2 frames' spokes (the chain refreshes them as its pool
     grows; one set stands for them here)."""
-    from ..coils import estimate_maps
+    from ..coils import estimate_maps, pool_spokes
     from ..config import ReconConfig
 
     support = ReconConfig.lowres_support if support is None else support
 
     pool = min(2, scan["kspace"].shape[0])
-    data = np.concatenate(list(scan["kspace"][:pool].transpose(0, 2, 1, 3)))      # (S_total, C, R)
-    coords = np.concatenate(list(scan["coords"][:pool]))                           # (S_total, R, 2)
+    data, coords = pool_spokes(zip(scan["kspace"][:pool], scan["coords"][:pool]))
     maps = estimate_maps(data, coords, scan["maps"].shape[-2:], "lowres", support=support)
     k, c, _, _ = _tensors(scan, device, slice(0, frames))
     return FrameCache(k, c, torch.from_numpy(maps).to(device), cg_iterations)
