@@ -23,7 +23,7 @@ import os
 
 
 #: options that default to None: given, they win over the --finetune model's settings
-OVERRIDES = ("tikhonov", "tikhonov_noise", "memory", "recurrence", "stream_window", "stream_lookahead", "stream_updates")
+OVERRIDES = ("tikhonov", "tikhonov_noise", "memory", "recurrence", "composite", "stream_window", "stream_lookahead", "stream_updates")
 
 
 def add_parser(sub):
@@ -80,6 +80,10 @@ def add_parser(sub):
                    help="IMUNNE in a stream: end every update by blending the window's first frame toward the "
                         "image the stream emitted before it, by a learned per-pixel gate (a recursive temporal "
                         "filter; recon_core/networks/recurrence.py; default off, or the --finetune model's)")
+    p.add_argument("--composite", type=float, default=None, metavar="RATE",
+                   help="IMUNNE in a stream: give the regularizer the stream's composite image, a running "
+                        "CG-SENSE of every spoke so far with frames weighted rate (1 - rate)^age "
+                        "(recon_core/networks/composite.py; default none, or the --finetune model's)")
     p.add_argument("--support", action="store_true",
                    help="IMUNNE and FLAT: project every iterate, DUNE: its output, onto the coil maps' "
                         "support (the data say nothing outside it)")
@@ -128,6 +132,10 @@ def add_parser(sub):
     p.add_argument("--stream-burn-in", type=int, default=0,
                    help="streaming loss: leave out the clip's first frames (they start from the clip's "
                         "CG-SENSE start; a running stream's frames start from their predecessor's)")
+    p.add_argument("--stream-history", action="store_true",
+                   help="streaming loss: stream each clip's scan from its first frame, the frames before the "
+                        "clip without gradients, so a clip late in a long scan (--scan-frames) is trained from "
+                        "the state a stream has there")
     p.add_argument("--stream-ssim", type=float, default=0.0,
                    help="streaming loss: weight of (1 - SSIM) of the streamed magnitudes beside their "
                         "complex L1 (0: L1 alone)")
@@ -223,6 +231,7 @@ def _run(args, device, distributed) -> int:
                       noise_augment=args.noise_augment, stream_weight=args.stream_weight,
                       stream_clip=args.stream_clip,
                       stream_burn_in=args.stream_burn_in, stream_ssim=args.stream_ssim,
+                      stream_history=args.stream_history,
                       stream_fallback=args.stream_fallback,
                       window_weight=args.window_weight,
                       anchor=bool(args.anchor_scans))
@@ -318,7 +327,8 @@ def _finetune_settings(args) -> dict:
     kind = meta["kind"]
     out = {"model": kind, "init": path}
     for key in ("channels", "levels", "unshuffle", "eta", "noise_input", "tol", "anderson", "start_weight",
-                "support", "tikhonov", "tikhonov_noise", "memory", "recurrence", "blocks", "dc", "schedule"):
+                "support", "tikhonov", "tikhonov_noise", "memory", "recurrence", "composite", "blocks", "dc",
+                "schedule"):
         if key in arch:
             out[key] = arch[key]
     if kind == "dune" and "iterations" in arch:

@@ -380,3 +380,68 @@ def test_dune_and_flat_step_along_the_same_prior(kind):
     assert (model.velocity.tikhonov if kind == "flat" else model.tikhonov) == (0.005, 0.1)
     with pytest.raises(ValueError, match="tikhonov"):
         build_model(kind, **{**arch, "tikhonov": [0.1]})
+
+
+def test_composite_input_starts_as_the_network_without_it_and_then_matters(tmp_path):
+    """arch composite: a network initialised from one without the input computes the same
+    function (the input's own convolution starts at zero), whatever composite it is shown; once
+    they are not zero, the composite changes the update; offline (no composite) it is shown
+    the window's mean. The rate is kept by the checkpoint and must be in (0, 1]."""
+    import dataclasses
+
+    from recon_core.training.train import init_tensors
+
+    kspace, coords, maps, _ = disc_scan(16, 3, 3, 7)
+    problem = make_problem(kspace, coords, maps)
+    arch = {"channels": 4, "levels": 1, "unshuffle": 2, "eta": 0.5, "max_iter": 3, "noise_input": True}
+    plain = build_model("imunne", **arch)
+    for p in plain.parameters():
+        p.data.add_(0.05 * torch.randn_like(p))
+    with_input = build_model("imunne", **arch, composite=0.25)
+    missing = with_input.load_state_dict(init_tensors(plain.state_dict(), with_input.state_dict()), strict=False)
+    assert missing.missing_keys == ["block.net.composite_in.weight"]      # trains at lr x new_lr_scale
+    streamed = dataclasses.replace(problem, composite=torch.randn_like(problem.x0[0]))
+    x = problem.x0
+    with torch.no_grad():
+        assert torch.equal(with_input.update(x, streamed), plain.update(x, streamed))
+        with_input.block.net.composite_in.weight.normal_(0, 0.05)
+        shown = with_input.update(x, streamed)
+        block = with_input.block
+        offline, mean = block.regularizer(x, problem.noise), block.regularizer(x, problem.noise, x.mean(0))
+        assert float((shown - plain.update(x, streamed)).abs().max()) > 1e-3
+    assert torch.equal(offline, mean)
+    save_checkpoint(str(tmp_path / "m"), with_input, "imunne", {**arch, "composite": 0.25}, {"note": "test"})
+    loaded, _, _ = load_checkpoint(str(tmp_path / "m.safetensors"))
+    assert loaded.block.composite == 0.25
+    with pytest.raises(ValueError, match="composite"):
+        build_model("imunne", **{**arch, "composite": 1.5})
+
+
+def test_the_composite_averages_the_stream_where_nothing_moves():
+    """networks.composite: on a static object seen through noisy golden-angle frames, the
+    running gridding after 20 frames is much closer to the object than one frame's adjoint
+    (streaks and noise average out), and a stream's per-coil blend combined with the maps is
+    the training schedule's blend of the combined frames."""
+    from recon_core.frame_prep import combine, prepare_frame
+    from recon_core.metrics import psnr
+    from recon_core.networks.composite import Composite, composite_sequence
+    from recon_core.networks.problem import FrameCache
+    from recon_core.reconstructors import make_operator
+
+    kspace, coords, maps, obj = disc_scan(32, 20, 4, 9)
+    static = obj[:1].expand(20, -1, -1)
+    op = make_operator(coords, maps, toeplitz=False)
+    clean = (op.forward(static) / op.sqrt_w[:, None, :]).reshape(kspace.shape)
+    g = torch.Generator().manual_seed(3)
+    noisy = clean + 0.05 * float(clean.abs().max()) * torch.randn(clean.shape, generator=g, dtype=torch.complex64)
+    cache = FrameCache(noisy, coords, maps)
+    seq = composite_sequence(cache.rhs, 0.125)
+    ref = static[0].numpy()
+    assert psnr(seq[-1].numpy(), ref) > psnr(cache.rhs[0].numpy(), ref) + 6
+    per_coil = Composite(0.125)                 # per-coil F^H w y of each frame, as the stream prepares them
+    coil_images = torch.stack([prepare_frame(noisy[t], coords[t].reshape(9, 64, 2), (32, 32)).coil_images
+                               for t in range(20)])
+    for c in coil_images:
+        per_coil.add(c)
+    assert torch.allclose(per_coil.image(maps), seq[-1], atol=1e-4 * float(seq[-1].abs().max()))
+    assert torch.allclose(combine(coil_images[0], maps), cache.rhs[0], atol=1e-4 * float(cache.rhs[0].abs().max()))

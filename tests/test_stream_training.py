@@ -43,7 +43,9 @@ def _perturbed_imunne(seed=1, size=0.05, **arch):
     # the pull and the gate toward the previous image act on a window's first frame, the emitted
     # one when lookahead = window - 1 (with less look-ahead it was emitted before: no direct effect)
     (2, 1, 2, range(0, 7), {"memory": 0.5}), (3, 2, 1, range(0, 7), {"memory": 0.5}),
-    (2, 1, 2, range(0, 7), {"recurrence": True}), (3, 2, 1, range(0, 7), {"recurrence": True})])
+    (2, 1, 2, range(0, 7), {"recurrence": True}), (3, 2, 1, range(0, 7), {"recurrence": True}),
+    # the composite input: the stream's per-coil running gridding is the replay's combined one
+    (2, 1, 2, range(0, 7), {"composite": 0.25}), (3, 1, 1, range(1, 7), {"composite": 0.5})])
 def test_replay_emits_what_the_stream_emits(scan, window, lookahead, updates, frames, arch):
     kspace, coords, maps, _ = scan
     model = _perturbed_imunne(**arch).eval()
@@ -71,7 +73,7 @@ def test_replay_emits_what_the_stream_emits(scan, window, lookahead, updates, fr
     with torch.no_grad():
         more = streaming_outputs(model, cache, frames, window, lookahead, updates + 3) * scale
     assert float((more - theirs).abs().max() / theirs.abs().max()) > 1e-2
-    if arch:                                 # the memory term or gate acts from the first window with a frame before it
+    if "memory" in arch or "recurrence" in arch:   # they act from the first window with a frame before it
         model.block.memory, model.block.gate = 0.0, None
         with torch.no_grad():
             plain = streaming_outputs(model, cache, frames, window, lookahead, updates) * scale
@@ -194,3 +196,22 @@ def test_split_files_lists_only_the_asked_scan_length(tmp_path):
     assert names(SCAN_FRAMES) == [split_file("val", 5000), split_file("val", 5001)]
     assert names(32) == [split_file("val", 5000, 32), split_file("val", 5001, 32)]
     assert split_files(str(tmp_path / "missing"), "val") == []
+
+
+def test_history_streams_the_frames_before_the_clip_without_gradients(scan):
+    """history: the clip's images are those of a stream started at the scan's first frame
+    (not at the clip), and only the clip's windows carry gradients."""
+    kspace, coords, maps, obj = scan
+    model = _perturbed_imunne().train()
+    cache = FrameCache(kspace, coords, maps)
+    with torch.no_grad():
+        whole = streaming_outputs(model, cache, range(0, 7), 2, 1, 1)
+        cold = streaming_outputs(model, cache, range(4, 7), 2, 1, 1, scale=clip_scale(cache, 0))
+    late = streaming_outputs(model, cache, range(0, 7), 2, 1, 1, history=4)
+    assert late.shape == (3, 32, 32) and late.requires_grad
+    assert torch.allclose(late.detach(), whole[4:], atol=1e-5 * float(whole.abs().max()))
+    assert float((cold - whole[4:]).abs().max() / whole.abs().max()) > 1e-3
+    loss, info = streaming_loss(model, cache, slice(4, 7), obj[4:7], 2, 1, 1, history=True)
+    assert info["x"].shape == (3, 32, 32) and info["scale"] == pytest.approx(clip_scale(cache, 0))
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())

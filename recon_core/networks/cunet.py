@@ -13,8 +13,14 @@ With ``noise_input``, one more input channel carries the data's noise level (a c
 map of :func:`noise_feature`, appended after space-to-depth), so that one network can
 denoise weakly at high SNR and strongly at low SNR; its first-layer weights start at zero,
 so a network initialised from one without the channel computes the same function.
+With ``composite_input``, one complex image shared by all frames (the stream's composite,
+:mod:`~recon_core.networks.composite`) enters the first stage through its own 2D
+convolution (``composite_in``, on its space-to-depth channels), added to the first spatial
+convolution's output of every frame; it starts at zero weight, and as a tensor of its own
+it can train at another learning rate than a network it is added to.
 
-Shapes: ``forward(x, noise)`` takes and returns complex ``(B, T, Y, X)``; Y and X must be
+Shapes: ``forward(x, noise, composite)`` takes and returns complex ``(B, T, Y, X)``
+(``composite (B, Y, X)``); Y and X must be
 divisible by ``unshuffle * 2**(levels - 1)``.
 """
 from __future__ import annotations
@@ -107,8 +113,12 @@ class Stage(nn.Module):
         self.temporal = nn.Conv3d(cout, cout, (3, 1, 1), padding=(1, 0, 0))
         self.slope = slope
 
-    def forward(self, h):
-        h = F.leaky_relu(_conv3d_as_2d(self.spatial, h), self.slope)
+    def forward(self, h, extra=None):
+        """``extra (B, Cout, Y, X)``, if given, is added to every frame after the spatial convolution."""
+        h = _conv3d_as_2d(self.spatial, h)
+        if extra is not None:
+            h = h + extra[:, None]
+        h = F.leaky_relu(h, self.slope)
         return F.leaky_relu(_conv3d_as_2d(self.temporal, h), self.slope)
 
 
@@ -126,11 +136,13 @@ NOISE_FEATURE_OFFSET = -3.0
 
 
 class CUNet(nn.Module):
-    def __init__(self, channels: int = 24, levels: int = 2, unshuffle: int = 2, noise_input: bool = False):
+    def __init__(self, channels: int = 24, levels: int = 2, unshuffle: int = 2, noise_input: bool = False,
+                 composite_input: bool = False):
         super().__init__()
         self.unshuffle = unshuffle
         self.levels = levels
         self.noise_input = noise_input
+        self.composite_input = composite_input
         cin = 2 * unshuffle * unshuffle
         widths = [channels * 2 ** i for i in range(levels)]
         self.enc = nn.ModuleList()
@@ -148,21 +160,31 @@ class CUNet(nn.Module):
         if noise_input:
             with torch.no_grad():
                 self.enc[0].spatial.weight[:, cin:] = 0
+        self.composite_in = nn.Conv2d(cin, widths[0], 3, padding=1, bias=False) if composite_input else None
+        if composite_input:
+            nn.init.zeros_(self.composite_in.weight)
 
     @property
     def multiple(self) -> int:
         return self.unshuffle * 2 ** (self.levels - 1)
 
-    def forward(self, x: torch.Tensor, noise: float | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, noise: float | None = None, composite: torch.Tensor | None = None) -> torch.Tensor:
         """complex (B, T, Y, X) -> complex (B, T, Y, X); ``noise``: the data's normalised
-        k-space noise level (used only by a ``noise_input`` network, which requires it)."""
+        k-space noise level (used only by a ``noise_input`` network, which requires it);
+        ``composite (B, Y, X)``: the image of the ``composite_input`` channels (required by
+        such a network)."""
         h = self.input_channels(x)
+        b, frames, _, y, x_ = h.shape
         if self.noise_input:
             if noise is None:
                 raise ValueError("this network takes the data's noise level (noise_input): pass noise=")
-            b, frames, _, y, x_ = h.shape
             h = torch.cat([h, h.new_full((b, frames, 1, y, x_), noise_feature(noise))], dim=2)
-        return self.unet(h)
+        extra = None
+        if self.composite_input:
+            if composite is None:
+                raise ValueError("this network takes a composite image (composite_input): pass composite=")
+            extra = self.composite_in(self.input_channels(composite[:, None])[:, 0])   # (B, C0, Y/r, X/r)
+        return self.unet(h, extra)
 
     def input_channels(self, x: torch.Tensor) -> torch.Tensor:
         """complex (B, T, Y, X) -> real (B, T, 2 r^2, Y/r, X/r): two real channels
@@ -170,13 +192,14 @@ class CUNet(nn.Module):
         h = torch.stack([x.real, x.imag], dim=2)
         return _per_frame(lambda v: _unshuffle(v, self.unshuffle), h) if self.unshuffle > 1 else h
 
-    def unet(self, h: torch.Tensor) -> torch.Tensor:
-        """The U-Net on input channels ``h (B, T, 2 r^2, Y/r, X/r)`` -> complex (B, T, Y, X)."""
+    def unet(self, h: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+        """The U-Net on input channels ``h (B, T, 2 r^2, Y/r, X/r)`` -> complex (B, T, Y, X);
+        ``extra`` is added in the first stage (:meth:`Stage.forward`)."""
         skips = []
         for i, stage in enumerate(self.enc):
             if i > 0:
                 h = _per_frame(_half, h)
-            h = stage(h)
+            h = stage(h, extra if i == 0 else None)
             skips.append(h)
         for i in reversed(range(self.levels - 1)):
             up = self.up[i]

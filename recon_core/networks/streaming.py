@@ -16,7 +16,10 @@ Cold start (``warm_start=False``) starts every window from the frames' CG-SENSE 
 Each window's Problem carries ``previous``, the last estimate of the frame that left the
 window before it (with ``window = lookahead + 1``, the image emitted for that frame), which
 a model with ``arch: memory`` pulls the window's first frame toward
-(:mod:`~recon_core.networks.problem`).
+(:mod:`~recon_core.networks.problem`). A model with ``arch: composite`` also gets the
+stream's composite image, updated as each frame enters (a running gridding of all its
+spokes, :mod:`~recon_core.networks.composite`, kept per coil so that new coil maps
+re-combine it).
 Each window's loop stops at convergence, at ``max_iterations`` or at the output frame's
 deadline (no update is started that would end past it), whichever comes first; a frame is
 thus refined in ``L + 1`` windows before it is emitted (``(L + 1) x max_iterations``
@@ -42,6 +45,7 @@ from ..frame_prep import combine, prepare_frame, reproject
 from ..operators import RadialSense
 from ..solvers import conjugate_gradient
 from ..trajectory import radial_coordinates
+from .composite import Composite
 from .problem import Problem, intensity_scale
 
 log = logging.getLogger("rtcine.streaming")
@@ -82,6 +86,7 @@ class _Slot:
     x0: torch.Tensor | None   # (Y, X) CG-SENSE start, normalised (cold start only)
     x: torch.Tensor           # (Y, X) current estimate (the start of the next window if warm), normalised
     lipschitz: float          # the frame's lambda_max(A^H A) estimate (PreparedFrame.lipschitz)
+    coil_images: torch.Tensor | None = None   # (C, Y, X) per-coil F^H w y, as prepared (not normalised)
 
 
 class StreamingNetworkRecon:
@@ -106,6 +111,8 @@ class StreamingNetworkRecon:
         self.blends_start = bool(cfg.warm_start and getattr(model, "kind", "") == "flat")
         self.held = False               # set by the chain for frames held for the first coil maps
         self.previous: torch.Tensor | None = None   # (Y, X) estimate of the frame that left the window last
+        rate = getattr(getattr(model, "block", None), "composite", 0.0)
+        self.composite = Composite(rate) if rate else None     # the stream's composite input, if the model has one
 
     def fresh(self) -> "StreamingNetworkRecon":
         """A reconstructor of the same network and configuration with no stream state (no
@@ -159,7 +166,7 @@ class StreamingNetworkRecon:
             x0 = x0[0] / self.scale
         s = self.scale
         return _Slot(frame, prep.coords, prep.weights, prep.kernel, prep.y_w / s, rhs[0] / s, x0,
-                     x0 if start is None else start, prep.lipschitz)
+                     x0 if start is None else start, prep.lipschitz, prep.coil_images)
 
     def _problem(self, maps, slots: list[_Slot], previous: torch.Tensor | None = None) -> Problem:
         coords, weights, y_w = [s.coords for s in slots], [s.weights for s in slots], [s.y_w for s in slots]
@@ -174,8 +181,10 @@ class StreamingNetworkRecon:
         op = RadialSense(torch.stack(coords), maps, torch.stack(weights), kernel=torch.stack([s.kernel for s in slots]))
         warm = self.cfg.warm_start and not self.blends_start
         x0 = torch.stack([s.x for s in slots]) if warm else torch.stack([s.x0 for s in slots])
+        composite = None if self.composite is None else self.composite.image(maps) / self.scale
         return Problem(op, torch.stack(y_w), torch.stack([s.rhs for s in slots]), x0, self.scale,
-                       lipschitz=max(s.lipschitz for s in slots), previous=previous)   # no host read per window
+                       lipschitz=max(s.lipschitz for s in slots), previous=previous,   # no host read per window
+                       composite=composite)
 
     # -- solving ---------------------------------------------------------------------
     def _solve(self, maps, deadline_of) -> dict:
@@ -219,6 +228,8 @@ class StreamingNetworkRecon:
         if len(self.slots) == self.slots.maxlen:
             self.previous = self.slots[0].x     # leaves the window now: its last estimate
         self.slots.append(self._slot(frame, maps, start=start))
+        if self.composite is not None:
+            self.composite.add(self.slots[-1].coil_images)
         pos = len(self.slots) - 1 - self.lookahead   # the frame to emit now
         if pos < 0:
             return []

@@ -29,7 +29,10 @@ with it; ``arch: tikhonov_noise: p`` scales both weights with the data's noise l
 adds the difference to the stream's previous image across the window's start
 (``Problem.previous``); offline windows have none. With ``arch: recurrence`` each update
 ends by blending the window's first frame toward that previous image by a learned per-pixel
-gate (:mod:`~recon_core.networks.recurrence`), a recursive temporal filter.
+gate (:mod:`~recon_core.networks.recurrence`), a recursive temporal filter. With ``arch:
+composite: rate`` the regularizer also sees the stream's composite image, an exponentially
+weighted CG-SENSE of every spoke so far (:mod:`~recon_core.networks.composite`,
+``Problem.composite``); a window without one (offline) shows it the mean of its frames.
 
 - **IMUNNE** iterates ``x_{k+1} = R(x_k)`` from ``x0`` to a fixed point (relative change
   below ``tol`` or ``max_iter``), optionally with Anderson acceleration. With
@@ -73,9 +76,12 @@ class UpdateOperator(nn.Module):
 
     def __init__(self, channels: int = 16, levels: int = 2, unshuffle: int = 2, eta: float = 0.5,
                  noise_input: bool = False, tikhonov: tuple[float, float] = (0.0, 0.0), memory: float = 0.0,
-                 tikhonov_noise: float = 0.0, recurrence: bool = False):
+                 tikhonov_noise: float = 0.0, recurrence: bool = False, composite: float = 0.0):
         super().__init__()
-        self.net = CUNet(channels, levels, unshuffle, noise_input)
+        if not 0.0 <= composite <= 1.0:
+            raise ValueError(f"composite={composite}: expected a rate in (0, 1], or 0 for none")
+        self.composite = float(composite)      # the rate of the stream's composite input; 0: none
+        self.net = CUNet(channels, levels, unshuffle, noise_input, composite_input=bool(composite))
         self.gate = TemporalGate() if recurrence else None
         self.tikhonov_noise = float(tikhonov_noise)
         self.eta_raw = nn.Parameter(torch.tensor(float(torch.log(torch.expm1(torch.tensor(eta))))))
@@ -88,13 +94,16 @@ class UpdateOperator(nn.Module):
     def eta(self) -> torch.Tensor:
         return F.softplus(self.eta_raw)
 
-    def regularizer(self, x: torch.Tensor, noise: float | None = None) -> torch.Tensor:
-        return self.net(x[None], noise)[0]
+    def regularizer(self, x: torch.Tensor, noise: float | None = None,
+                    composite: torch.Tensor | None = None) -> torch.Tensor:
+        if self.composite and composite is None:
+            composite = x.mean(0)
+        return self.net(x[None], noise, None if composite is None else composite[None])[0]
 
     def forward(self, x: torch.Tensor, problem: Problem) -> torch.Tensor:
         prior = noise_scaled_prior(self.tikhonov, problem.noise, self.tikhonov_noise)
         z = x - self.eta * problem.gradient(x, prior, self.memory)
-        x = z - self.regularizer(z, problem.noise)
+        x = z - self.regularizer(z, problem.noise, problem.composite if self.composite else None)
         if self.gate is not None and problem.previous is not None:
             x = self.gate(x, problem.previous, problem.noise)
         return x
@@ -105,12 +114,12 @@ class IMUNNE(nn.Module):
 
     def __init__(self, channels=16, levels=2, unshuffle=2, eta=0.5, max_iter=20, tol=1e-3, anderson=0,
                  noise_input=False, start_weight=0.0, support=False, tikhonov=(0.0, 0.0), memory=0.0,
-                 tikhonov_noise=0.0, recurrence=False):
+                 tikhonov_noise=0.0, recurrence=False, composite=0.0):
         super().__init__()
         if not 0.0 <= start_weight < 1.0:
             raise ValueError(f"start_weight={start_weight}: expected 0 <= w < 1")
         self.block = UpdateOperator(channels, levels, unshuffle, eta, noise_input, tikhonov, memory, tikhonov_noise,
-                                    recurrence)
+                                    recurrence, composite)
         self.max_iter, self.tol, self.anderson = max_iter, tol, anderson
         self.start_weight = start_weight
         self.support = support

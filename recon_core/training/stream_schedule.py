@@ -23,12 +23,17 @@ frame).
 other coil maps (the chain's fallback maps, before ESPIRiT's arrive). A window whose newest
 frame is one of them is solved on those maps; the clip's first frame starts from their
 CG-SENSE, and the stream's scale is theirs.
+
+A model with ``arch: composite`` gets each window's composite (the stream's running gridding
+of every spoke from the clip's first frame up to the window's newest,
+:mod:`~recon_core.networks.composite`), computed once per clip without gradients.
 """
 from __future__ import annotations
 
 import torch
 
 from ..metrics import ssim_map
+from ..networks.composite import composite_sequence
 from ..networks.problem import FrameCache, Problem, intensity_scale
 from ..operators import RadialSense
 
@@ -48,13 +53,16 @@ def _frame_range(frames, total: int) -> range:
 
 
 def streaming_outputs(model, cache: FrameCache, frames, window: int = 2, lookahead: int = 1, updates: int = 1,
-                      scale: float | None = None, early: FrameCache | None = None) -> torch.Tensor:
+                      scale: float | None = None, early: FrameCache | None = None, history: int = 0) -> torch.Tensor:
     """The images the stream emits for the consecutive ``frames`` (range or slice of the
     cache's frames), in frame order, those emitted at flush included: ``(T, Y, X)``
     complex, normalised by ``scale`` (default :func:`clip_scale` of the first frame).
 
     Differentiable through all ``model.block`` applications (no ``no_grad`` here); call
-    under ``torch.no_grad()`` for inference. ``model`` needs ``block(x, problem)``."""
+    under ``torch.no_grad()`` for inference. ``model`` needs ``block(x, problem)``.
+    ``history``: the first ``history`` of ``frames`` are streamed without gradients and not
+    returned (the stream's state when the returned frames arrive, as late in a long scan;
+    their memory is freed as they go)."""
     if not 0 <= lookahead < window or updates < 1:
         raise ValueError(f"window={window}, lookahead={lookahead}, updates={updates}: "
                          "need 0 <= lookahead < window and updates >= 1")
@@ -68,6 +76,10 @@ def streaming_outputs(model, cache: FrameCache, frames, window: int = 2, lookahe
     if n_early:
         rhs_early = early.rhs[frames.start:frames.start + n_early] / scale
     start = early if n_early else cache                                  # the clip's first CG-SENSE start
+    rate = getattr(model.block, "composite", 0.0)
+    if rate and n_early:
+        raise ValueError("a composite-input model (arch: composite) is not trained on early (fallback-map) frames")
+    composite = composite_sequence(rhs, rate) if rate else None
 
     estimates: list[torch.Tensor] = []     # current (Y, X) estimate of every clip frame so far
     outputs: list[torch.Tensor] = []       # emitted images, in frame order
@@ -79,37 +91,47 @@ def streaming_outputs(model, cache: FrameCache, frames, window: int = 2, lookahe
         op = RadialSense(coords[w], early.maps if on_early else cache.maps, weights[w], kernel=kernel[w])
         x = torch.stack(estimates[w])
         previous = estimates[w.start - 1] if w.start > 0 else None     # the stream's image before the window
-        problem = Problem(op, y_w[w], rhs_early[w] if on_early else rhs[w], x, scale, previous=previous)
+        problem = Problem(op, y_w[w], rhs_early[w] if on_early else rhs[w], x, scale, previous=previous,
+                          composite=None if composite is None else composite[newest])
         for _ in range(updates):
             x = model.block(x, problem)
         estimates[w] = list(x.unbind(0))
 
+    if not 0 <= history < len(frames):
+        raise ValueError(f"history={history}: must be in [0, {len(frames)}) for {len(frames)} frames")
     for i in range(len(frames)):
         estimates.append(start.x0[frames[0]] / scale if i == 0 else estimates[-1])
         if i >= lookahead:                   # the window holds lookahead + 1 frames or more
-            solve(i)
+            with torch.set_grad_enabled(torch.is_grad_enabled() and i >= history):
+                solve(i)
             outputs.append(estimates[i - lookahead])
     # flush: the last window once more, then the frames still waiting for look-ahead
     if lookahead:
         solve(len(frames) - 1)
         outputs.extend(estimates[len(outputs):])
-    return torch.stack(outputs)
+    return torch.stack(outputs[history:])
 
 
 def streaming_loss(model, cache: FrameCache, frames, target: torch.Tensor, window: int = 2, lookahead: int = 1,
-                   updates: int = 1, burn_in: int = 0, ssim_weight: float = 0.0, early: FrameCache | None = None):
+                   updates: int = 1, burn_in: int = 0, ssim_weight: float = 0.0, early: FrameCache | None = None,
+                   history: bool = False):
     """Complex L1 (mean) of :func:`streaming_outputs` against ``target (T, Y, X)`` (the
     clip's targets in the data's units, divided here by the clip's scale), over the frames
     after the first ``burn_in`` (which start from the clip's CG-SENSE start, unlike a running
     stream's); plus ``ssim_weight x (1 - SSIM)`` of the magnitudes, frame by frame (data range
     the target frame's maximum, :func:`recon_core.metrics.ssim_map`; the images are in the
-    target's units, so no rescaling). ``early``: see :func:`streaming_outputs`. ``(loss, info)``
-    with ``info = {"x": outputs (T, Y, X) detached, normalised, "scale": float}``."""
+    target's units, so no rescaling). ``early``: see :func:`streaming_outputs`. With
+    ``history`` the stream starts at the scan's first frame and the frames before the clip
+    are streamed without gradients (:func:`streaming_outputs`' ``history``): the clip is
+    trained from the state a stream has when it arrives. ``(loss, info)`` with ``info =
+    {"x": outputs (T, Y, X) detached, normalised, "scale": float}``."""
     frames = _frame_range(frames, cache.x0.shape[0])
     if not 0 <= burn_in < len(frames):
         raise ValueError(f"burn_in={burn_in}: must be in [0, {len(frames)}) for a clip of {len(frames)} frames")
-    scale = clip_scale(cache, frames[0], early)
-    x = streaming_outputs(model, cache, frames, window, lookahead, updates, scale, early)
+    before = frames.start if history else 0
+    scale = clip_scale(cache, frames[0] - before, early)
+    x = streaming_outputs(model, cache, range(frames.start - before, frames.stop), window, lookahead, updates, scale,
+                          early, history=before)
     ref = target[burn_in:] / scale
     loss = (x[burn_in:] - ref).abs().mean()
     if ssim_weight:

@@ -51,6 +51,7 @@ class TrainConfig:
     memory: float = 0.0          # IMUNNE: weight of the difference to the stream's previous image (Problem.previous)
     tikhonov_noise: float = 0.0  # IMUNNE: tikhonov scaled by (noise / TIKHONOV_NOISE_REF)^p (networks.problem)
     recurrence: bool = False     # IMUNNE in a stream: learned gate toward the previous image (networks.recurrence)
+    composite: float = 0.0       # IMUNNE in a stream: rate of the composite image input (networks.composite); 0: none
     blocks: int = 4              # Alt-UN
     window: int = 5
     batch: int = 1               # windows per step (per process under torchrun)
@@ -90,6 +91,7 @@ class TrainConfig:
     stream_updates: int = 1
     stream_clip: int = 8
     stream_burn_in: int = 0          # first frames of a clip left out of the streaming loss
+    stream_history: bool = False     # stream a clip's scan from its first frame, the frames before it without gradients
     stream_ssim: float = 0.0         # weight of (1 - SSIM) of the streamed magnitudes beside their complex L1
     # a scan's first stream_fallback frames are streamed on the chain's fallback coil maps
     # (lowres, zero outside the object, from the first 2 frames' spokes), as the chain does
@@ -166,6 +168,8 @@ class TrainConfig:
             a["tikhonov_noise"] = float(self.tikhonov_noise)
         if self.recurrence and self.model == "imunne":
             a["recurrence"] = True
+        if self.composite and self.model == "imunne":
+            a["composite"] = float(self.composite)
         if self.model == "altun":
             a.update(blocks=self.blocks)
         if self.model == "dune":
@@ -435,7 +439,7 @@ class StepLoss(torch.nn.Module):
                     s_loss, _ = streaming_loss(self.model, cache, range(frames.start, frames.stop),
                                                torch.from_numpy(scan["target"][frames]).to(self.device),
                                                cfg.stream_window, cfg.stream_lookahead, cfg.stream_updates, burn_in,
-                                               cfg.stream_ssim, early=cache.early)
+                                               cfg.stream_ssim, early=cache.early, history=cfg.stream_history)
                 term = term + cfg.stream_weight * s_loss
                 stream_losses.append(s_loss.detach())
             total = total + term / len(samples)
