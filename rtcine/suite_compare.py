@@ -174,7 +174,9 @@ class Runner:
             self._models[method] = network_method(model, **kw)
         return self._models[method](k, c, m)
 
-    def _streaming(self, method: str, path: str, lam: float | None) -> tuple:
+    def streamed(self, method: str, path: str, lam: float | None = None) -> tuple:
+        """``(images (T, Y, X), latency and rate)`` of a streaming method (realtime, cs-stream)
+        replayed through the chain on the ISMRMRD file ``path``, paced or not as the runner."""
         from gadgets.images import image_frame
         from gadgets.replay import replay
         from recon_core.config import ReconConfig
@@ -207,7 +209,7 @@ class Runner:
             from recon_core.mrd import read_images
             from recon_core.shifted_suite.acquisition import REFERENCE_GROUP
             from gadgets.images import image_frame
-            images, extra = self._streaming(method, path, lam)
+            images, extra = self.streamed(method, path, lam)
             reference = np.stack([image_frame(i) for i in read_images(path, REFERENCE_GROUP)])
         else:
             scan = self.scan(rel)
