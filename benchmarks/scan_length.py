@@ -1,7 +1,8 @@
 """Image quality along the scan: the real-time network and the streaming CS peer, frame by frame.
 
     PYTHONPATH=. python benchmarks/scan_length.py [--suite-dir runs/shifted96] [--part val]
-        [--model-dir recon_core/models] [--lam 0.01] [--json out.json] [--png out.png]
+        [--model-dir recon_core/models] [--lam 0.01] [--methods realtime,cs-stream] [--json out.json]
+        [--png out.png]
 
 Streams every scan of one part of a built suite (``rtcine suite build --frames 96`` for
 3.75 s scans) through the chain, unpaced (the schedules' quality, not the machine's speed;
@@ -25,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 METHODS = ("realtime", "cs-stream")
 
 
-def per_frame(suite_dir: str, part: str, model_dir: str, lam: float, log=print) -> dict:
+def per_frame(suite_dir: str, part: str, model_dir: str, lam: float, methods=METHODS, log=print) -> dict:
     """``{method: {scan: {"psnr": [...], "ssim": [...]}}}`` for every scan of ``part``."""
     from gadgets.images import image_frame
     from recon_core.evaluation import score
@@ -34,11 +35,11 @@ def per_frame(suite_dir: str, part: str, model_dir: str, lam: float, log=print) 
     from rtcine.suite_compare import Runner
 
     runner = Runner(suite_dir, model_dir, paced=False, use_cache=False, log=lambda *a: None)
-    out = {m: {} for m in METHODS}
+    out = {m: {} for m in methods}
     for name in sorted(os.listdir(os.path.join(suite_dir, part))):
         path = os.path.join(suite_dir, part, name)
         reference = np.stack([image_frame(i) for i in read_images(path, REFERENCE_GROUP)])
-        for method in METHODS:
+        for method in methods:
             images, _ = runner.streamed(method, path, lam if method == "cs-stream" else None)
             s = score(images, reference)
             rows, m = s["frames"], s["mean"]
@@ -97,10 +98,15 @@ def main(argv=None) -> int:
     p.add_argument("--part", default="val")
     p.add_argument("--model-dir", default=os.path.join("recon_core", "models"))
     p.add_argument("--lam", type=float, default=0.01, help="the CS peer's lambda (tuned on val)")
+    p.add_argument("--methods", default=",".join(METHODS), help="of " + ", ".join(METHODS))
     p.add_argument("--json", default="")
     p.add_argument("--png", default="")
     args = p.parse_args(argv)
-    result = per_frame(args.suite_dir, args.part, args.model_dir, args.lam)
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = set(methods) - set(METHODS)
+    if unknown:
+        raise SystemExit(f"--methods: unknown {sorted(unknown)}; choose from {', '.join(METHODS)}")
+    result = per_frame(args.suite_dir, args.part, args.model_dir, args.lam, methods)
     print(table(result))
     if args.json:
         with open(args.json, "w") as f:
