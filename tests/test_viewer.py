@@ -170,7 +170,12 @@ def test_cli_replay_view_serves_until_interrupted(small_file):
         meta, values = unpack(get(f"http://127.0.0.1:{port}/frame/latest")[2])
         assert meta["frame"] == 15 and meta["recon"] == "gridding" and meta["latency_ms"] > 0 and values.std() > 0
         proc.send_signal(signal.SIGINT)
-        rest, _ = proc.communicate(timeout=20)       # drains the pipe: a full one would block the exit
+        try:
+            rest, _ = proc.communicate(timeout=20)   # drains the pipe: a full one would block the exit
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rest, _ = proc.communicate()
+            pytest.fail("no exit within 20 s of SIGINT; its output:\n" + "".join(lines) + rest)
         assert proc.returncode == 0, "".join(lines) + rest
     finally:
         if proc.poll() is None:
