@@ -152,7 +152,10 @@ def test_cli_replay_view_serves_until_interrupted(small_file):
     port = free_port()
     cmd = [sys.executable, "-m", "rtcine", "replay", small_file, "--recon", "gridding", "--set", "coil_maps=lowres",
            "--view", "--view-port", str(port), "-q"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # Ctrl-C as in a terminal: a test run started in the background (``cmd &`` in a script)
+    # has SIGINT ignored, and a child would inherit that and never see the interrupt
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         lines = []
         deadline = time.monotonic() + 120
