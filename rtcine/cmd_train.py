@@ -82,7 +82,7 @@ def add_parser(sub):
                         "filter; recon_core/networks/recurrence.py; default off, or the --finetune model's)")
     p.add_argument("--composite", type=float, default=None, metavar="RATE",
                    help="IMUNNE in a stream: give the regularizer the stream's composite image, a running "
-                        "CG-SENSE of every spoke so far with frames weighted rate (1 - rate)^age "
+                        "gridding of every spoke so far with frames weighted rate (1 - rate)^age "
                         "(recon_core/networks/composite.py; default none, or the --finetune model's)")
     p.add_argument("--support", action="store_true",
                    help="IMUNNE and FLAT: project every iterate, DUNE: its output, onto the coil maps' "

@@ -31,7 +31,7 @@ adds the difference to the stream's previous image across the window's start
 ends by blending the window's first frame toward that previous image by a learned per-pixel
 gate (:mod:`~recon_core.networks.recurrence`), a recursive temporal filter. With ``arch:
 composite: rate`` the regularizer also sees the stream's composite image, an exponentially
-weighted CG-SENSE of every spoke so far (:mod:`~recon_core.networks.composite`,
+weighted gridding of every spoke so far (:mod:`~recon_core.networks.composite`,
 ``Problem.composite``); a window without one (offline) shows it the mean of its frames.
 
 - **IMUNNE** iterates ``x_{k+1} = R(x_k)`` from ``x0`` to a fixed point (relative change
@@ -103,7 +103,7 @@ class UpdateOperator(nn.Module):
     def forward(self, x: torch.Tensor, problem: Problem) -> torch.Tensor:
         prior = noise_scaled_prior(self.tikhonov, problem.noise, self.tikhonov_noise)
         z = x - self.eta * problem.gradient(x, prior, self.memory)
-        x = z - self.regularizer(z, problem.noise, problem.composite if self.composite else None)
+        x = z - self.regularizer(z, problem.noise, problem.composite)
         if self.gate is not None and problem.previous is not None:
             x = self.gate(x, problem.previous, problem.noise)
         return x
