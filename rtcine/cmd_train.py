@@ -80,9 +80,11 @@ def add_parser(sub):
                    help="IMUNNE in a stream: end every update by blending the window's first frame toward the "
                         "image the stream emitted before it, by a learned per-pixel gate (a recursive temporal "
                         "filter; recon_core/networks/recurrence.py; default off, or the --finetune model's)")
-    p.add_argument("--composite", type=float, default=None, metavar="RATE",
+    p.add_argument("--composite", type=float, nargs="+", default=None, metavar="RATE",
                    help="IMUNNE in a stream: give the regularizer the stream's composite image, a running "
-                        "gridding of every spoke so far with frames weighted rate (1 - rate)^age "
+                        "gridding of every spoke so far with frames weighted rate (1 - rate)^age; several "
+                        "rates give one image each, e.g. 0.125 0.03125 (a fast and a slow memory; a model "
+                        "fine-tuned from one with the first rate starts as it) "
                         "(recon_core/networks/composite.py; default none, or the --finetune model's)")
     p.add_argument("--support", action="store_true",
                    help="IMUNNE and FLAT: project every iterate, DUNE: its output, onto the coil maps' "
@@ -148,7 +150,8 @@ def add_parser(sub):
     p.add_argument("--init", default="", help="initialise the regularizer from this checkpoint (e.g. a CU-Net)")
     p.add_argument("--new-lr-scale", type=float, default=1.0, metavar="S",
                    help="with --init or --finetune: train the tensors the checkpoint does not hold (e.g. the "
-                        "--recurrence gate) at --lr x S")
+                        "--recurrence gate) or holds in part (a convolution given more input channels, e.g. "
+                        "one more --composite rate) at --lr x S")
     p.set_defaults(func=run)
 
 

@@ -389,7 +389,7 @@ def test_composite_input_starts_as_the_network_without_it_and_then_matters(tmp_p
     the window's mean. The rate is kept by the checkpoint and must be in (0, 1]."""
     import dataclasses
 
-    from recon_core.training.train import init_tensors
+    from recon_core.training.train import init_tensors, initialise
 
     kspace, coords, maps, _ = disc_scan(16, 3, 3, 7)
     problem = make_problem(kspace, coords, maps)
@@ -412,16 +412,31 @@ def test_composite_input_starts_as_the_network_without_it_and_then_matters(tmp_p
     assert torch.equal(offline, mean)
     save_checkpoint(str(tmp_path / "m"), with_input, "imunne", {**arch, "composite": 0.25}, {"note": "test"})
     loaded, _, _ = load_checkpoint(str(tmp_path / "m.safetensors"))
-    assert loaded.block.composite == 0.25
+    assert loaded.block.composite == (0.25,)
     with pytest.raises(ValueError, match="composite"):
         build_model("imunne", **{**arch, "composite": 1.5})
+
+    # one more rate (a slow memory): its channels start at zero, so the network computes the
+    # same function as the one-rate network it is initialised from, and they train as new
+    two = build_model("imunne", **arch, composite=[0.25, 0.0625])
+    assert initialise(two, with_input.state_dict()) == {"block.net.composite_in.weight"}   # lr x new_lr_scale
+    slow = torch.randn_like(problem.x0[0])
+    both = dataclasses.replace(problem, composite=torch.stack([streamed.composite, slow]))
+    with torch.no_grad():
+        assert torch.equal(two.update(x, both), shown)
+        two.block.net.composite_in.weight.normal_(0, 0.05)
+        assert float((two.update(x, both) - shown).abs().max()) > 1e-3
+        with pytest.raises(ValueError, match="takes 2"):
+            two.update(x, streamed)
+    save_checkpoint(str(tmp_path / "m2"), two, "imunne", {**arch, "composite": [0.25, 0.0625]}, {"note": "test"})
+    assert load_checkpoint(str(tmp_path / "m2.safetensors"))[0].block.composite == (0.25, 0.0625)
 
 
 def test_the_composite_averages_the_stream_where_nothing_moves():
     """networks.composite: on a static object seen through noisy golden-angle frames, the
     running gridding after 20 frames is much closer to the object than one frame's adjoint
-    (streaks and noise average out), and a stream's per-coil blend combined with the maps is
-    the training schedule's blend of the combined frames."""
+    (streaks and noise average out), the more so the slower its rate, and a stream's per-coil
+    blends combined with the maps are the training schedule's blends of the combined frames."""
     from recon_core.frame_prep import combine, prepare_frame
     from recon_core.metrics import psnr
     from recon_core.networks.composite import Composite, composite_sequence
@@ -435,10 +450,11 @@ def test_the_composite_averages_the_stream_where_nothing_moves():
     g = torch.Generator().manual_seed(3)
     noisy = clean + 0.05 * float(clean.abs().max()) * torch.randn(clean.shape, generator=g, dtype=torch.complex64)
     cache = FrameCache(noisy, coords, maps)
-    seq = composite_sequence(cache.rhs, 0.125)
+    seq = composite_sequence(cache.rhs, [0.5, 0.125])          # (T, K, Y, X): a fast and a slow memory
     ref = static[0].numpy()
-    assert psnr(seq[-1].numpy(), ref) > psnr(cache.rhs[0].numpy(), ref) + 6
-    per_coil = Composite(0.125)                 # per-coil F^H w y of each frame, as the stream prepares them
+    assert psnr(seq[-1, 1].numpy(), ref) > psnr(cache.rhs[0].numpy(), ref) + 6
+    assert psnr(seq[-1, 1].numpy(), ref) > psnr(seq[-1, 0].numpy(), ref) + 2   # nothing moves: slow is better
+    per_coil = Composite([0.5, 0.125])          # per-coil F^H w y of each frame, as the stream prepares them
     coil_images = torch.stack([prepare_frame(noisy[t], coords[t].reshape(9, 64, 2), (32, 32)).coil_images
                                for t in range(20)])
     for c in coil_images:

@@ -45,7 +45,8 @@ def _perturbed_imunne(seed=1, size=0.05, **arch):
     (2, 1, 2, range(0, 7), {"memory": 0.5}), (3, 2, 1, range(0, 7), {"memory": 0.5}),
     (2, 1, 2, range(0, 7), {"recurrence": True}), (3, 2, 1, range(0, 7), {"recurrence": True}),
     # the composite input: the stream's per-coil running gridding is the replay's combined one
-    (2, 1, 2, range(0, 7), {"composite": 0.25}), (3, 1, 1, range(1, 7), {"composite": 0.5})])
+    (2, 1, 2, range(0, 7), {"composite": 0.25}), (3, 1, 1, range(1, 7), {"composite": 0.5}),
+    (2, 1, 2, range(0, 7), {"composite": [0.5, 0.125]})])
 def test_replay_emits_what_the_stream_emits(scan, window, lookahead, updates, frames, arch):
     kspace, coords, maps, _ = scan
     model = _perturbed_imunne(**arch).eval()

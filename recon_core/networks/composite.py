@@ -26,7 +26,14 @@ It does not depend on the network, so training precomputes it for a clip
 (:func:`composite_sequence`). A stream keeps the coil images' blend, so that new coil maps
 re-combine it (:meth:`Composite.image`).
 
-Shapes: data ``(Y, X)`` (combined) or ``(C, Y, X)`` (coil images), maps ``(C, Y, X)``.
+A stream can keep several composites at once, one per rate (``arch: composite: [0.125,
+0.03125]``): a fast one that follows the moving heart and a slow one whose spokes fill
+k-space (32 frames of 13 spokes are 416 spokes, twice the Nyquist count of a 128 matrix)
+where nothing moves. Alone, as images, the fast one scores best where the object moves and
+the slow one where it does not; the network sees both and chooses pixel by pixel.
+
+Shapes: data ``(Y, X)`` (combined) or ``(C, Y, X)`` (coil images), maps ``(C, Y, X)``; the
+composite of ``K`` rates is ``(K, Y, X)``.
 """
 from __future__ import annotations
 
@@ -35,27 +42,45 @@ import torch
 from ..frame_prep import combine
 
 
-class Composite:
-    """The running composite of one stream."""
+def composite_rates(value) -> tuple[float, ...]:
+    """The rates of an ``arch: composite`` value: a rate, a list of rates, or 0 / None / [] for
+    none. Raises ``ValueError`` naming a rate outside (0, 1]."""
+    if value is None:
+        return ()
+    rates = [value] if isinstance(value, (int, float)) else list(value)
+    if rates == [0] or rates == [0.0]:
+        return ()
+    for r in rates:
+        if not 0.0 < float(r) <= 1.0:
+            raise ValueError(f"composite rate={r}: expected 0 < rate <= 1 (or 0 alone for none)")
+    return tuple(float(r) for r in rates)
 
-    def __init__(self, rate: float):
-        if not 0.0 < rate <= 1.0:
-            raise ValueError(f"composite rate={rate}: expected 0 < rate <= 1")
-        self.rate = float(rate)
-        self.data: torch.Tensor | None = None       # the blend of what add() was given
+
+class Composite:
+    """The running composites of one stream, one per rate."""
+
+    def __init__(self, rates):
+        self.rates = composite_rates(rates)
+        if not self.rates:
+            raise ValueError(f"composite rates={rates!r}: expected at least one rate in (0, 1]")
+        self.data: torch.Tensor | None = None       # (K, ...): the blends of what add() was given
 
     def add(self, data: torch.Tensor) -> None:
         """One more frame's ``A^H y_w (Y, X)`` or coil images ``F^H w y (C, Y, X)``."""
-        self.data = data.clone() if self.data is None else torch.lerp(self.data, data, self.rate)
+        if self.data is None:
+            self.data = data.expand(len(self.rates), *data.shape).clone()
+            return
+        w = torch.tensor(self.rates, dtype=data.real.dtype, device=data.device).view(-1, *[1] * data.dim())
+        self.data = torch.lerp(self.data, data.expand_as(self.data), w.to(self.data.dtype))
 
     def image(self, maps: torch.Tensor) -> torch.Tensor:
-        """``(Y, X)``: the blend of coil images combined with ``maps`` (or the combined blend itself)."""
-        return combine(self.data, maps) if self.data.dim() == 3 else self.data
+        """``(K, Y, X)``: the blends of coil images combined with ``maps`` (or the combined blends)."""
+        return combine(self.data, maps) if self.data.dim() == 4 else self.data
 
 
-def composite_sequence(rhs: torch.Tensor, rate: float) -> torch.Tensor:
-    """The composite after each of a clip's frames, ``(T, Y, X)``, from their ``A^H y_w (T, Y, X)``."""
-    comp, out = Composite(rate), []
+def composite_sequence(rhs: torch.Tensor, rates) -> torch.Tensor:
+    """The composites after each of a clip's frames, ``(T, K, Y, X)``, from their ``A^H y_w (T, Y, X)``."""
+    comp, out = Composite(rates), []
     with torch.no_grad():
         for r in rhs:
             comp.add(r)

@@ -13,14 +13,16 @@ With ``noise_input``, one more input channel carries the data's noise level (a c
 map of :func:`noise_feature`, appended after space-to-depth), so that one network can
 denoise weakly at high SNR and strongly at low SNR; its first-layer weights start at zero,
 so a network initialised from one without the channel computes the same function.
-With ``composite_input``, one complex image shared by all frames (the stream's composite,
-:mod:`~recon_core.networks.composite`) enters the first stage through its own 2D
-convolution (``composite_in``, on its space-to-depth channels), added to the first spatial
-convolution's output of every frame; it starts at zero weight, and as a tensor of its own
-it can train at another learning rate than a network it is added to.
+With ``composite_input = K``, K complex images shared by all frames (the stream's
+composites, :mod:`~recon_core.networks.composite`) enter the first stage through their own
+2D convolution (``composite_in``, on their space-to-depth channels, image by image), added
+to the first spatial convolution's output of every frame; it starts at zero weight, and as
+a tensor of its own it can train at another learning rate than a network it is added to.
+A network with more composites initialised from one with fewer gets zero weights for the
+new images (the same function at start).
 
 Shapes: ``forward(x, noise, composite)`` takes and returns complex ``(B, T, Y, X)``
-(``composite (B, Y, X)``); Y and X must be
+(``composite (B, K, Y, X)``, or ``(B, Y, X)`` for K = 1); Y and X must be
 divisible by ``unshuffle * 2**(levels - 1)``.
 """
 from __future__ import annotations
@@ -137,12 +139,12 @@ NOISE_FEATURE_OFFSET = -3.0
 
 class CUNet(nn.Module):
     def __init__(self, channels: int = 24, levels: int = 2, unshuffle: int = 2, noise_input: bool = False,
-                 composite_input: bool = False):
+                 composite_input: int = 0):
         super().__init__()
         self.unshuffle = unshuffle
         self.levels = levels
         self.noise_input = noise_input
-        self.composite_input = composite_input
+        self.composite_input = int(composite_input)     # the number of composite images; 0: none
         cin = 2 * unshuffle * unshuffle
         widths = [channels * 2 ** i for i in range(levels)]
         self.enc = nn.ModuleList()
@@ -160,8 +162,9 @@ class CUNet(nn.Module):
         if noise_input:
             with torch.no_grad():
                 self.enc[0].spatial.weight[:, cin:] = 0
-        self.composite_in = nn.Conv2d(cin, widths[0], 3, padding=1, bias=False) if composite_input else None
-        if composite_input:
+        self.composite_in = (nn.Conv2d(cin * self.composite_input, widths[0], 3, padding=1, bias=False)
+                             if self.composite_input else None)
+        if self.composite_input:
             nn.init.zeros_(self.composite_in.weight)
 
     @property
@@ -171,8 +174,8 @@ class CUNet(nn.Module):
     def forward(self, x: torch.Tensor, noise: float | None = None, composite: torch.Tensor | None = None) -> torch.Tensor:
         """complex (B, T, Y, X) -> complex (B, T, Y, X); ``noise``: the data's normalised
         k-space noise level (used only by a ``noise_input`` network, which requires it);
-        ``composite (B, Y, X)``: the image of the ``composite_input`` channels (required by
-        such a network)."""
+        ``composite (B, K, Y, X)`` (or ``(B, Y, X)`` for K = 1): the images of the
+        ``composite_input`` channels (required by such a network)."""
         h = self.input_channels(x)
         b, frames, _, y, x_ = h.shape
         if self.noise_input:
@@ -183,7 +186,13 @@ class CUNet(nn.Module):
         if self.composite_input:
             if composite is None:
                 raise ValueError("this network takes a composite image (composite_input): pass composite=")
-            extra = self.composite_in(self.input_channels(composite[:, None])[:, 0])   # (B, C0, Y/r, X/r)
+            if composite.dim() == 3:
+                composite = composite[:, None]
+            if composite.shape[1] != self.composite_input:
+                raise ValueError(f"composite of {composite.shape[1]} image(s); this network takes "
+                                 f"{self.composite_input} (composite_input)")
+            c = self.input_channels(composite)                      # (B, K, 2 r^2, Y/r, X/r)
+            extra = self.composite_in(c.flatten(1, 2))              # (B, C0, Y/r, X/r)
         return self.unet(h, extra)
 
     def input_channels(self, x: torch.Tensor) -> torch.Tensor:

@@ -102,7 +102,7 @@ class Problem:
     lipschitz: float = 0.0
     noise: float = 0.0
     previous: torch.Tensor | None = None      # (Y, X): the stream's image of the frame before the window
-    composite: torch.Tensor | None = None     # (Y, X): the stream's composite (networks.composite)
+    composite: torch.Tensor | None = None     # (K, Y, X): the stream's composites, one per rate (networks.composite)
 
     def __post_init__(self):
         if not self.lipschitz:

@@ -17,9 +17,9 @@ Each window's Problem carries ``previous``, the last estimate of the frame that 
 window before it (with ``window = lookahead + 1``, the image emitted for that frame), which
 a model with ``arch: memory`` pulls the window's first frame toward
 (:mod:`~recon_core.networks.problem`). A model with ``arch: composite`` also gets the
-stream's composite image, updated as each frame enters (a running gridding of all its
-spokes, :mod:`~recon_core.networks.composite`, kept per coil so that new coil maps
-re-combine it).
+stream's composite images (one per rate), updated as each frame enters (running griddings
+of all its spokes, :mod:`~recon_core.networks.composite`, kept per coil so that new coil
+maps re-combine them).
 Each window's loop stops at convergence, at ``max_iterations`` or at the output frame's
 deadline (no update is started that would end past it), whichever comes first; a frame is
 thus refined in ``L + 1`` windows before it is emitted (``(L + 1) x max_iterations``
@@ -111,8 +111,8 @@ class StreamingNetworkRecon:
         self.blends_start = bool(cfg.warm_start and getattr(model, "kind", "") == "flat")
         self.held = False               # set by the chain for frames held for the first coil maps
         self.previous: torch.Tensor | None = None   # (Y, X) estimate of the frame that left the window last
-        rate = getattr(getattr(model, "block", None), "composite", 0.0)
-        self.composite = Composite(rate) if rate else None     # the stream's composite input, if the model has one
+        rates = getattr(getattr(model, "block", None), "composite", ())
+        self.composite = Composite(rates) if rates else None   # the stream's composite inputs, if the model has them
 
     def fresh(self) -> "StreamingNetworkRecon":
         """A reconstructor of the same network and configuration with no stream state (no

@@ -30,9 +30,10 @@ adds the difference to the stream's previous image across the window's start
 (``Problem.previous``); offline windows have none. With ``arch: recurrence`` each update
 ends by blending the window's first frame toward that previous image by a learned per-pixel
 gate (:mod:`~recon_core.networks.recurrence`), a recursive temporal filter. With ``arch:
-composite: rate`` the regularizer also sees the stream's composite image, an exponentially
-weighted gridding of every spoke so far (:mod:`~recon_core.networks.composite`,
-``Problem.composite``); a window without one (offline) shows it the mean of its frames.
+composite: rate`` (or a list of rates) the regularizer also sees the stream's composite
+images, exponentially weighted griddings of every spoke so far
+(:mod:`~recon_core.networks.composite`, ``Problem.composite``); a window without them
+(offline) shows it the mean of its frames.
 
 - **IMUNNE** iterates ``x_{k+1} = R(x_k)`` from ``x0`` to a fixed point (relative change
   below ``tol`` or ``max_iter``), optionally with Anderson acceleration. With
@@ -63,6 +64,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..solvers import fixed_point
+from .composite import composite_rates
 from .cunet import CUNet
 from .problem import Problem, noise_scaled_prior, prior_weights
 from .recurrence import TemporalGate
@@ -76,12 +78,10 @@ class UpdateOperator(nn.Module):
 
     def __init__(self, channels: int = 16, levels: int = 2, unshuffle: int = 2, eta: float = 0.5,
                  noise_input: bool = False, tikhonov: tuple[float, float] = (0.0, 0.0), memory: float = 0.0,
-                 tikhonov_noise: float = 0.0, recurrence: bool = False, composite: float = 0.0):
+                 tikhonov_noise: float = 0.0, recurrence: bool = False, composite=0.0):
         super().__init__()
-        if not 0.0 <= composite <= 1.0:
-            raise ValueError(f"composite={composite}: expected a rate in (0, 1], or 0 for none")
-        self.composite = float(composite)      # the rate of the stream's composite input; 0: none
-        self.net = CUNet(channels, levels, unshuffle, noise_input, composite_input=bool(composite))
+        self.composite = composite_rates(composite)    # the rates of the stream's composite inputs; (): none
+        self.net = CUNet(channels, levels, unshuffle, noise_input, composite_input=len(self.composite))
         self.gate = TemporalGate() if recurrence else None
         self.tikhonov_noise = float(tikhonov_noise)
         self.eta_raw = nn.Parameter(torch.tensor(float(torch.log(torch.expm1(torch.tensor(eta))))))
@@ -97,7 +97,7 @@ class UpdateOperator(nn.Module):
     def regularizer(self, x: torch.Tensor, noise: float | None = None,
                     composite: torch.Tensor | None = None) -> torch.Tensor:
         if self.composite and composite is None:
-            composite = x.mean(0)
+            composite = x.mean(0).expand(len(self.composite), *x.shape[1:])
         return self.net(x[None], noise, None if composite is None else composite[None])[0]
 
     def forward(self, x: torch.Tensor, problem: Problem) -> torch.Tensor:

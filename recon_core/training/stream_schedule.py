@@ -76,10 +76,10 @@ def streaming_outputs(model, cache: FrameCache, frames, window: int = 2, lookahe
     if n_early:
         rhs_early = early.rhs[frames.start:frames.start + n_early] / scale
     start = early if n_early else cache                                  # the clip's first CG-SENSE start
-    rate = getattr(model.block, "composite", 0.0)
-    if rate and n_early:
+    rates = getattr(model.block, "composite", ())
+    if rates and n_early:
         raise ValueError("a composite-input model (arch: composite) is not trained on early (fallback-map) frames")
-    composite = composite_sequence(rhs, rate) if rate else None
+    composite = composite_sequence(rhs, rates) if rates else None        # (T, K, Y, X)
 
     estimates: list[torch.Tensor] = []     # current (Y, X) estimate of every clip frame so far
     outputs: list[torch.Tensor] = []       # emitted images, in frame order

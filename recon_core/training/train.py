@@ -25,6 +25,7 @@ import torch
 
 from ..evaluation import add_kspace_noise
 from ..metrics import psnr, ssim
+from ..networks.composite import composite_rates
 from ..networks.problem import FrameCache, make_problem
 from ..networks.unrolled import build_model
 from .checkpoint import save_checkpoint
@@ -51,7 +52,7 @@ class TrainConfig:
     memory: float = 0.0          # IMUNNE: weight of the difference to the stream's previous image (Problem.previous)
     tikhonov_noise: float = 0.0  # IMUNNE: tikhonov scaled by (noise / TIKHONOV_NOISE_REF)^p (networks.problem)
     recurrence: bool = False     # IMUNNE in a stream: learned gate toward the previous image (networks.recurrence)
-    composite: float = 0.0       # IMUNNE in a stream: rate of the composite image input (networks.composite); 0: none
+    composite: float | list = 0.0  # IMUNNE in a stream: rate(s) of the composite image inputs (networks.composite); 0: none
     blocks: int = 4              # Alt-UN
     window: int = 5
     batch: int = 1               # windows per step (per process under torchrun)
@@ -63,7 +64,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     init: str = ""               # checkpoint whose matching tensors (regularizer, step size) initialise this model
-    new_lr_scale: float = 1.0    # with init: the learning rate of the tensors it does not hold is lr x this
+    new_lr_scale: float = 1.0    # with init: the learning rate of the tensors it does not (fully) hold is lr x this
     val_scans: int = 3
     extra: dict = field(default_factory=dict)
     # --- DUNE / FLAT / SSDU (issue 5); the defaults leave imunne/altun/cunet training unchanged
@@ -168,8 +169,9 @@ class TrainConfig:
             a["tikhonov_noise"] = float(self.tikhonov_noise)
         if self.recurrence and self.model == "imunne":
             a["recurrence"] = True
-        if self.composite and self.model == "imunne":
-            a["composite"] = float(self.composite)
+        rates = composite_rates(self.composite)
+        if rates and self.model == "imunne":
+            a["composite"] = rates[0] if len(rates) == 1 else list(rates)
         if self.model == "altun":
             a.update(blocks=self.blocks)
         if self.model == "dune":
@@ -214,6 +216,18 @@ def init_tensors(source: dict, own: dict) -> dict:
                     out[name] = fitted
                     break
     return out
+
+
+def initialise(model: torch.nn.Module, source: dict, name: str = "checkpoint") -> set:
+    """Load the tensors of ``source`` that fit ``model`` (:func:`init_tensors`); return the
+    names of those it does not hold, or holds only in part (zero-padded input channels), which
+    train at ``lr x new_lr_scale`` (:func:`make_optimizer`)."""
+    init = init_tensors(source, model.state_dict())
+    missing = model.load_state_dict(init, strict=False).missing_keys
+    partial = sorted(n for n, t in init.items() if n in source and source[n].shape != t.shape)
+    log.info("regularizer initialised from %s (%d tensors; not from it: %s; zero-padded: %s)", name,
+             len(init), missing, partial)
+    return set(missing) | set(partial)
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, new=(), new_lr_scale: float = 1.0) -> torch.optim.Adam:
@@ -524,11 +538,7 @@ def train(cfg: TrainConfig, train_paths, val_paths, out_dir: str, resume: bool =
     new = set()                         # tensors the init checkpoint does not hold
     if cfg.init:
         from safetensors.torch import load_file
-        init = init_tensors(load_file(cfg.init), model.state_dict())
-        missing = model.load_state_dict(init, strict=False)
-        new = set(missing.missing_keys)
-        log.info("regularizer initialised from %s (%d tensors; not from it: %s)", cfg.init, len(init),
-                 missing.missing_keys)
+        new = initialise(model, load_file(cfg.init), cfg.init)
     opt = make_optimizer(model, cfg.lr, new, cfg.new_lr_scale)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps, eta_min=cfg.lr * 0.05)
     history = {"step": [], "loss": [], "val": [], "config": asdict(cfg)}
