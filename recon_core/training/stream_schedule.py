@@ -11,7 +11,8 @@ The schedule, as the stream runs it (warm start, no deadline): frames enter one 
 into a window of at most ``window`` frames; a new frame starts from its predecessor's
 current estimate (the clip's first frame from its CG-SENSE start); once the window holds
 ``lookahead + 1`` frames or more, every new frame triggers ``updates`` applications of
-``model.block`` on the window, and the frame ``lookahead`` places before the newest is
+``model.update`` on the window (the map the stream iterates: the block, then the anchor
+and the support projection the model has), and the frame ``lookahead`` places before the newest is
 emitted. At the end (``flush``) the last window is updated once more and its last
 ``lookahead`` frames are emitted (nothing to do without look-ahead). Each window's Problem
 carries ``previous``, the current estimate of the frame before it (for ``arch: memory``).
@@ -58,8 +59,8 @@ def streaming_outputs(model, cache: FrameCache, frames, window: int = 2, lookahe
     cache's frames), in frame order, those emitted at flush included: ``(T, Y, X)``
     complex, normalised by ``scale`` (default :func:`clip_scale` of the first frame).
 
-    Differentiable through all ``model.block`` applications (no ``no_grad`` here); call
-    under ``torch.no_grad()`` for inference. ``model`` needs ``block(x, problem)``.
+    Differentiable through all ``model.update`` applications (no ``no_grad`` here); call
+    under ``torch.no_grad()`` for inference. ``model`` needs ``update(x, problem)`` and ``block``.
     ``history``: the first ``history`` of ``frames`` are streamed without gradients and not
     returned (the stream's state when the returned frames arrive, as late in a long scan;
     their memory is freed as they go)."""
@@ -94,7 +95,7 @@ def streaming_outputs(model, cache: FrameCache, frames, window: int = 2, lookahe
         problem = Problem(op, y_w[w], rhs_early[w] if on_early else rhs[w], x, scale, previous=previous,
                           composite=None if composite is None else composite[newest])
         for _ in range(updates):
-            x = model.block(x, problem)
+            x = model.update(x, problem)
         estimates[w] = list(x.unbind(0))
 
     if not 0 <= history < len(frames):
