@@ -77,8 +77,7 @@ def test_replay_emits_what_the_stream_emits(scan, window, lookahead, updates, fr
     assert err < 1e-4, err
     if arch.get("support"):
         outside = maps.abs().sum(0) == 0
-        assert float(theirs[:, outside].abs().max()) == 0 and float(theirs[:, ~outside].abs().min()) >= 0
-        assert float(theirs[:, ~outside].abs().mean()) > 0
+        assert float(theirs[:, outside].abs().max()) == 0 and float(theirs[:, ~outside].abs().mean()) > 0
     # the schedule is not the fixed point: more updates per window give other images
     with torch.no_grad():
         more = streaming_outputs(model, cache, frames, window, lookahead, updates + 3) * scale

@@ -48,7 +48,7 @@ def composite_rates(value) -> tuple[float, ...]:
     if value is None:
         return ()
     rates = [value] if isinstance(value, (int, float)) else list(value)
-    if rates == [0] or rates == [0.0]:
+    if rates == [0]:
         return ()
     for r in rates:
         if not 0.0 < float(r) <= 1.0:
@@ -64,14 +64,15 @@ class Composite:
         if not self.rates:
             raise ValueError(f"composite rates={rates!r}: expected at least one rate in (0, 1]")
         self.data: torch.Tensor | None = None       # (K, ...): the blends of what add() was given
+        self._weights: torch.Tensor | None = None   # (K, 1, ...): the rates, shaped and typed as data
 
     def add(self, data: torch.Tensor) -> None:
         """One more frame's ``A^H y_w (Y, X)`` or coil images ``F^H w y (C, Y, X)``."""
         if self.data is None:
             self.data = data.expand(len(self.rates), *data.shape).clone()
+            self._weights = torch.tensor(self.rates, dtype=data.dtype, device=data.device).view(-1, *[1] * data.dim())
             return
-        w = torch.tensor(self.rates, dtype=data.real.dtype, device=data.device).view(-1, *[1] * data.dim())
-        self.data = torch.lerp(self.data, data.expand_as(self.data), w.to(self.data.dtype))
+        self.data = torch.lerp(self.data, data.expand_as(self.data), self._weights)
 
     def image(self, maps: torch.Tensor) -> torch.Tensor:
         """``(K, Y, X)``: the blends of coil images combined with ``maps`` (or the combined blends)."""
