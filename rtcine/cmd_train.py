@@ -160,9 +160,12 @@ def run(args) -> int:
 
     device = distributed.setup(args.device)       # joins the process group under torchrun
     try:
-        return _run(args, device, distributed)
-    finally:
-        distributed.shutdown()
+        code = _run(args, device, distributed)
+    except BaseException:
+        distributed.shutdown(clean=False)
+        raise
+    distributed.shutdown()
+    return code
 
 
 def _run(args, device, distributed) -> int:

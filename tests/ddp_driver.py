@@ -56,8 +56,10 @@ def main() -> None:
         train(cfg, train_paths, val_paths, args.out, resume=True, progress=False, on_step=on_step)
     except _Stop:                 # stopped after --steps, its checkpoint written at every step
         pass
-    finally:
-        distributed.shutdown()
+    except BaseException:
+        distributed.shutdown(clean=False)
+        raise
+    distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -69,8 +69,15 @@ def setup(device: str = "cpu") -> str:
     return device
 
 
-def shutdown() -> None:
+def shutdown(clean: bool = True) -> None:
+    """Leave the process group. ``clean`` (every rank got here without an error): wait for the
+    other ranks first, so that no rank tears down its gloo connections while another is still
+    sending on them (rank 0 aborting with "terminate called without an active exception" as a
+    torchrun job ended, about once in three CI runs). After an error, leave at once: the other
+    ranks may never arrive."""
     if dist.is_available() and dist.is_initialized():
+        if clean and world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 
