@@ -41,9 +41,9 @@ log = logging.getLogger("rtcine.coilmaps")
 class CoilMapService:
     def __init__(self, shape, method: str = "espirit", calibration_frames: int = 10, refresh: int = 0,
                  device: str = "cpu", lag: int = 0, first_frames: int = 0, first_grid: int = 64,
-                 first_lag: int = 0, lowres_support: float = 0.0):
+                 first_lag: int = 0, lowres_support: float = 0.0, espirit_support: float = 0.0):
         self.shape = tuple(shape)
-        self.lowres_support = lowres_support
+        self.lowres_support, self.espirit_support = lowres_support, espirit_support
         self.method = method
         self.calibration_frames = calibration_frames
         self.refresh = refresh
@@ -94,7 +94,7 @@ class CoilMapService:
     def _compute(self, data, coords, method, grid: int = 0):
         images = calibration_images(data, coords, self.shape)
         if method == "espirit":
-            maps = espirit_maps(images, grid=grid)
+            maps = espirit_maps(images, grid=grid, support=self.espirit_support)
         else:
             maps = lowres_maps(images, support=self.lowres_support)
         return torch.from_numpy(maps).to(self.device)

@@ -244,7 +244,7 @@ def reconstruct_frames(items, cfg, protocol, stats, clock=time.perf_counter):
         return CoilMapService(shape, cfg.coil_maps, cfg.calibration_frames, cfg.coil_map_refresh, cfg.device,
                               cfg.espirit_lag, first_frames=0 if cfg.wait_for_maps else cfg.first_maps_frames,
                               first_grid=cfg.first_maps_grid, first_lag=cfg.first_maps_lag,
-                              lowres_support=cfg.lowres_support)
+                              lowres_support=cfg.lowres_support, espirit_support=cfg.espirit_support)
 
     # the first slice's state is made before the first frame (ESPIRiT warmed up, the reconstructor
     # built above): a scan's first frames do not wait for it

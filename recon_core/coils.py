@@ -104,6 +104,25 @@ def lowres_maps(coil_images: np.ndarray, calib: int = 24, eps: float = 1e-3, sup
     ``support`` > 0 also sets the maps to zero outside the object, as ESPIRiT's eigenvalue
     crop does (:func:`support_mask`). Without it a SENSE reconstruction on these maps
     reconstructs the background's noise and streaks everywhere."""
+    low = _lowpassed(coil_images, calib)
+    rss = np.sqrt((np.abs(low) ** 2).sum(0))
+    floor = eps * rss.max()
+    maps = low / np.maximum(rss, floor)
+    if support > 0:
+        maps = maps * support_mask(rss, support)
+    return maps.astype(np.complex64)
+
+
+#: k-space lines of the image whose threshold crops ESPIRiT maps to the object (espirit_maps'
+#: ``support``). The chain's 10-frame pool (130 spokes) samples a disc of ~80 lines at Nyquist;
+#: on the shifted suite's val scans 64 lines cut the air closer to the body than 24 or 48
+#: (ReconConfig.espirit_support)
+SUPPORT_LINES = 64
+
+
+def _lowpassed(coil_images: np.ndarray, calib: int) -> np.ndarray:
+    """Coil images ``(C, Y, X)`` low-passed to their central ``calib`` k-space lines (Hann
+    window; ``calib`` capped at the matrix)."""
     ksp = _centred_fft(coil_images)
     ny, nx = ksp.shape[-2:]
     calib = min(calib, ny, nx)
@@ -111,13 +130,7 @@ def lowres_maps(coil_images: np.ndarray, calib: int = 24, eps: float = 1e-3, sup
     win = np.zeros((ny, nx))
     cy, cx = ny // 2 - calib // 2, nx // 2 - calib // 2
     win[cy:cy + calib, cx:cx + calib] = wy[:, None] * wy[None, :]
-    low = _centred_ifft(ksp * win)
-    rss = np.sqrt((np.abs(low) ** 2).sum(0))
-    floor = eps * rss.max()
-    maps = low / np.maximum(rss, floor)
-    if support > 0:
-        maps = maps * support_mask(rss, support)
-    return maps.astype(np.complex64)
+    return _centred_ifft(ksp * win)
 
 
 def support_mask(rss: np.ndarray, threshold: float) -> np.ndarray:
@@ -136,7 +149,7 @@ def support_mask(rss: np.ndarray, threshold: float) -> np.ndarray:
 
 
 def espirit_maps(coil_images: np.ndarray, calib: int = 24, kernel: int = 6, threshold: float = 0.02,
-                 crop: float = 0.95, power_iterations: int = 30, grid: int = 0) -> np.ndarray:
+                 crop: float = 0.95, power_iterations: int = 30, grid: int = 0, support: float = 0.0) -> np.ndarray:
     """ESPIRiT maps ``(C, Y, X)`` by ``sigpy.mri.app.EspiritCalib`` from gridded coil images.
 
     The Cartesian calibration k-space is the centred FFT of the pooled coil images; only
@@ -153,6 +166,14 @@ def espirit_maps(coil_images: np.ndarray, calib: int = 24, kernel: int = 6, thre
     0.72 s, 12 coils); on the shifted suite's val scans the maps agree with the full grid's
     to a coil-summed correlation of 0.9998 inside the common support, whose edge moves by
     about half a pixel (1-1.5% of the pixels change sides).
+
+    ``support`` > 0 also sets the maps to zero outside the object: where the coil images,
+    low-passed to the central ``SUPPORT_LINES`` lines and combined with the maps (a shading-free
+    image), are below ``support`` x their maximum, holes filled, grown by 2 pixels
+    (:func:`support_mask`, as for the fallback maps of :func:`lowres_maps`). ESPIRiT's
+    eigenvalue crop keeps a margin of air around the body, where a reconstruction on the maps
+    leaves a level and texture the object does not have (see ``ReconConfig.espirit_support``
+    for the measurements).
     """
     from sigpy.mri.app import EspiritCalib
 
@@ -161,14 +182,19 @@ def espirit_maps(coil_images: np.ndarray, calib: int = 24, kernel: int = 6, thre
     if not grid or grid >= min(ny, nx):
         maps = EspiritCalib(ksp, calib_width=calib, thresh=threshold, kernel_width=kernel, crop=crop,
                             max_iter=power_iterations, show_pbar=False).run()
-        return np.asarray(maps, dtype=np.complex64)
-    if grid < calib:
-        raise ValueError(f"grid={grid}: must be at least the calibration width {calib}")
-    cy, cx = ny // 2 - grid // 2, nx // 2 - grid // 2
-    maps, eig = EspiritCalib(np.ascontiguousarray(ksp[:, cy:cy + grid, cx:cx + grid]), calib_width=calib,
-                             thresh=threshold, kernel_width=kernel, crop=0.0, max_iter=power_iterations,
-                             output_eigenvalue=True, show_pbar=False).run()
-    return _upsampled_maps(np.asarray(maps), np.abs(np.asarray(eig)).reshape(grid, grid), (ny, nx), crop)
+        maps = np.asarray(maps, dtype=np.complex64)
+    else:
+        if grid < calib:
+            raise ValueError(f"grid={grid}: must be at least the calibration width {calib}")
+        cy, cx = ny // 2 - grid // 2, nx // 2 - grid // 2
+        maps, eig = EspiritCalib(np.ascontiguousarray(ksp[:, cy:cy + grid, cx:cx + grid]), calib_width=calib,
+                                 thresh=threshold, kernel_width=kernel, crop=0.0, max_iter=power_iterations,
+                                 output_eigenvalue=True, show_pbar=False).run()
+        maps = _upsampled_maps(np.asarray(maps), np.abs(np.asarray(eig)).reshape(grid, grid), (ny, nx), crop)
+    if support > 0:
+        combined = np.abs((maps.conj() * _lowpassed(coil_images, SUPPORT_LINES)).sum(0))
+        maps = maps * support_mask(combined, support)
+    return maps
 
 
 def _upsampled_maps(maps: np.ndarray, eig: np.ndarray, shape, crop: float) -> np.ndarray:
