@@ -104,7 +104,7 @@ def lowres_maps(coil_images: np.ndarray, calib: int = 24, eps: float = 1e-3, sup
     ``support`` > 0 also sets the maps to zero outside the object, as ESPIRiT's eigenvalue
     crop does (:func:`support_mask`). Without it a SENSE reconstruction on these maps
     reconstructs the background's noise and streaks everywhere."""
-    low = _lowpassed(coil_images, calib)
+    low = _lowpassed(_centred_fft(coil_images), calib)
     rss = np.sqrt((np.abs(low) ** 2).sum(0))
     floor = eps * rss.max()
     maps = low / np.maximum(rss, floor)
@@ -120,10 +120,9 @@ def lowres_maps(coil_images: np.ndarray, calib: int = 24, eps: float = 1e-3, sup
 SUPPORT_LINES = 64
 
 
-def _lowpassed(coil_images: np.ndarray, calib: int) -> np.ndarray:
-    """Coil images ``(C, Y, X)`` low-passed to their central ``calib`` k-space lines (Hann
-    window; ``calib`` capped at the matrix)."""
-    ksp = _centred_fft(coil_images)
+def _lowpassed(ksp: np.ndarray, calib: int) -> np.ndarray:
+    """Coil images ``(C, Y, X)`` from their centred k-space ``ksp (C, Y, X)`` low-passed to
+    its central ``calib`` lines (Hann window; ``calib`` capped at the matrix)."""
     ny, nx = ksp.shape[-2:]
     calib = min(calib, ny, nx)
     wy = np.hanning(calib + 2)[1:-1]
@@ -134,7 +133,8 @@ def _lowpassed(coil_images: np.ndarray, calib: int) -> np.ndarray:
 
 
 def support_mask(rss: np.ndarray, threshold: float) -> np.ndarray:
-    """The object's region ``(Y, X)`` bool from a low-resolution root-sum-of-squares image:
+    """The object's region ``(Y, X)`` bool from a low-resolution magnitude image (the fallback
+    maps' root sum of squares, or ESPIRiT's combined calibration image in :func:`espirit_maps`):
     above ``threshold`` x its maximum, holes filled (dark lungs inside the body wall), grown
     by ``Y / 64`` pixels (2 for a 128 matrix) so that the edge is not cut.
 
@@ -192,7 +192,7 @@ def espirit_maps(coil_images: np.ndarray, calib: int = 24, kernel: int = 6, thre
                                  output_eigenvalue=True, show_pbar=False).run()
         maps = _upsampled_maps(np.asarray(maps), np.abs(np.asarray(eig)).reshape(grid, grid), (ny, nx), crop)
     if support > 0:
-        combined = np.abs((maps.conj() * _lowpassed(coil_images, SUPPORT_LINES)).sum(0))
+        combined = np.abs((maps.conj() * _lowpassed(ksp, SUPPORT_LINES)).sum(0))
         maps = maps * support_mask(combined, support)
     return maps
 

@@ -158,14 +158,8 @@ def add_parser(sub):
 def run(args) -> int:
     from recon_core.training import distributed
 
-    device = distributed.setup(args.device)       # joins the process group under torchrun
-    try:
-        code = _run(args, device, distributed)
-    except BaseException:
-        distributed.shutdown(clean=False)
-        raise
-    distributed.shutdown()
-    return code
+    with distributed.process_group(args.device) as device:      # joins the process group under torchrun
+        return _run(args, device, distributed)
 
 
 def _run(args, device, distributed) -> int:

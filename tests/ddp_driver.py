@@ -34,7 +34,11 @@ def main() -> None:
     p.add_argument("--crash-at", type=int, default=0)
     p.add_argument("--crash-rank", type=int, default=1)
     args = p.parse_args()
-    distributed.setup("cpu")
+    with distributed.process_group("cpu"):
+        _train(args)
+
+
+def _train(args) -> None:
     rank = distributed.rank()
     marker = os.path.join(args.out, "crashed")
 
@@ -56,10 +60,6 @@ def main() -> None:
         train(cfg, train_paths, val_paths, args.out, resume=True, progress=False, on_step=on_step)
     except _Stop:                 # stopped after --steps, its checkpoint written at every step
         pass
-    except BaseException:
-        distributed.shutdown(clean=False)
-        raise
-    distributed.shutdown()
 
 
 if __name__ == "__main__":

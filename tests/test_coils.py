@@ -152,6 +152,8 @@ def test_espirit_maps_with_support_cut_the_air_and_keep_the_whole_body(grid):
     low-SNR scan: the maps stay ESPIRiT's wherever they are kept, every pixel of the object in
     any frame (dark lungs included) is kept, and at least a third of the air ESPIRiT's crop
     left inside its support is cut."""
+    from scipy.ndimage import binary_fill_holes
+
     from recon_core.coils import calibration_images, espirit_maps
     from recon_core.simulate import SimulationConfig, simulate
 
@@ -164,7 +166,6 @@ def test_espirit_maps_with_support_cut_the_air_and_keep_the_whole_body(grid):
     assert np.array_equal(cut[:, kept], plain[:, kept])
     ref = np.abs(scan.reference)
     obj = (ref > 0.02 * ref.max(axis=(1, 2), keepdims=True)).any(0)
-    from scipy.ndimage import binary_fill_holes
     assert kept[binary_fill_holes(obj)].all()
     air = ((np.abs(plain) ** 2).sum(0) > 0) & ~obj
     assert air.sum() > 500 and (air & ~kept).sum() > air.sum() / 3

@@ -26,6 +26,7 @@ What each rank does (:mod:`.train`):
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 
@@ -79,6 +80,19 @@ def shutdown(clean: bool = True) -> None:
         if clean and world_size() > 1:
             dist.barrier()
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def process_group(device: str = "cpu"):
+    """``with process_group(device) as device:`` :func:`setup` on entering (the device this
+    rank trains on); :func:`shutdown` on leaving, ``clean`` unless an exception leaves."""
+    device = setup(device)
+    try:
+        yield device
+    except BaseException:
+        shutdown(clean=False)
+        raise
+    shutdown()
 
 
 def barrier() -> None:
