@@ -245,11 +245,11 @@ def estimate_maps(data: np.ndarray, coords: np.ndarray, shape, method: str = "es
     """Coil maps ``(C, Y, X)`` from spokes ``data (S, C, R)`` at ``coords (S, R, 2)``.
 
     ``method``: ``espirit`` (sigpy ESPIRiT, on a ``grid x grid`` grid if ``grid``, see
-    :func:`espirit_maps`) or ``lowres`` (fast fallback; zero outside the object if
-    ``support``, see :func:`lowres_maps`)."""
+    :func:`espirit_maps`) or ``lowres`` (fast fallback); either is zero outside the object
+    if ``support`` (:func:`espirit_maps`, :func:`lowres_maps`)."""
     images = calibration_images(data, coords, shape)
     if method == "espirit":
-        return espirit_maps(images, calib=calib, grid=grid)
+        return espirit_maps(images, calib=calib, grid=grid, support=support)
     if method == "lowres":
         return lowres_maps(images, calib=calib, support=support)
     raise ValueError(f"unknown coil map method {method!r}; expected 'espirit' or 'lowres'")

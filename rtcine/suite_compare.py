@@ -3,8 +3,8 @@ the shifted scans of a suite built by ``python -m recon_core.shifted_suite build
 
 Each file goes through the chain's own input stages (:func:`gadgets.frames_from_file.load_frames`:
 noise prewhitening from its noise scans, frames of its header's spokes per frame); coil
-maps are ESPIRiT from the first ``calibration_frames`` frames, as the chain and the training
-data make them. Offline methods reconstruct all frames of a scan at once; streaming
+maps are ESPIRiT from the first ``calibration_frames`` frames, cropped to the object
+(``ReconConfig.espirit_support``), as the chain and the training data make them. Offline methods reconstruct all frames of a scan at once; streaming
 methods are the chain itself, replayed at scanner pace (:func:`gadgets.replay.replay`,
 ``realtime=True``; ``paced=False``: unpaced, with the deadline and the overload policy off,
 i.e. the schedule's full per-window budget, a measure of its quality that does not depend
@@ -49,7 +49,7 @@ UNPACED_FIRST_MAPS_LAG = 6
 
 def load_scan_file(path: str, calibration_frames: int = 10) -> dict:
     """A suite file as arrays: ``kspace (T, C, S, R)`` prewhitened, ``coords (T, S, R, 2)``,
-    ``maps (C, N, N)`` ESPIRiT, ``reference (T, N, N)`` (complete frames only), through the
+    ``maps (C, N, N)`` ESPIRiT cropped to the object, ``reference (T, N, N)`` (complete frames only), through the
     chain's input stages as training on recorded files takes them
     (:func:`gadgets.recorded_scans.prepare_recorded`)."""
     from gadgets.recorded_scans import prepare_recorded
@@ -121,6 +121,9 @@ class Runner:
             parts.append(f"csit={ReconConfig().cs_iterations}")
         if method in STREAMING:
             parts.append(f"preset={_preset_digest()}")      # a changed realtime preset is not a cached result
+        else:                                               # offline rows run on the loader's cropped maps
+            from recon_core.config import ReconConfig
+            parts.append(f"maps-support={ReconConfig.espirit_support:g}")
         if method in STREAMING and not self.paced:
             parts.append(f"unpaced|espirit-lag={UNPACED_ESPIRIT_LAG},{UNPACED_FIRST_MAPS_LAG}")
         if method in STREAMING and self.stream_overrides:

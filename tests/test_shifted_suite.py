@@ -150,3 +150,25 @@ def test_compare_set_overrides_the_streaming_settings(tmp_path):
     r = subprocess.run([sys.executable, "-m", "rtcine", "compare", "--suite", "shifted", "--suite-dir", str(tmp_path),
                         "--set", "first_maps_gird=48"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "first_maps_gird" in r.stderr, r.stderr[-2000:]
+
+
+def test_compare_offline_rows_run_on_the_chains_cropped_maps(tmp_path, monkeypatch):
+    """The suite's offline methods reconstruct on the maps the chain uses (ESPIRiT cropped to the
+    object): the loader's maps are zero in part of the air ESPIRiT's own crop keeps, and their
+    cached results are keyed by the crop, so results on other maps are never read back."""
+    from recon_core.coils import calibration_images, espirit_maps
+    from rtcine.suite_compare import Runner, load_scan_file
+
+    write_scan(str(tmp_path / "a.h5"), acquire(small("motion")))
+    scan = load_scan_file(str(tmp_path / "a.h5"))
+    k, c = scan["kspace"][:10], scan["coords"][:10]
+    t, nc, s, r = k.shape
+    images = calibration_images(k.transpose(0, 2, 1, 3).reshape(-1, nc, r), c.reshape(-1, r, 2),
+                                scan["maps"].shape[-2:])
+    plain = (abs(espirit_maps(images)) ** 2).sum(0) > 0
+    kept = (abs(scan["maps"]) ** 2).sum(0) > 0
+    assert not (kept & ~plain).any() and (plain & ~kept).sum() > 0.05 * plain.sum()
+    runner = Runner(str(tmp_path), "recon_core/models", log=lambda *a: None)
+    cropped = runner.key("cs", "a.h5", 0.01)
+    monkeypatch.setattr(ReconConfig, "espirit_support", 0.0)
+    assert runner.key("cs", "a.h5", 0.01) != cropped

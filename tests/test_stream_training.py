@@ -207,6 +207,29 @@ def test_split_files_lists_only_the_asked_scan_length(tmp_path):
     assert split_files(str(tmp_path / "missing"), "val") == []
 
 
+def test_training_scans_carry_the_chains_cropped_maps_and_test_scans_espirits_own(tmp_path):
+    """Train and val scans are prepared with the maps the chain reconstructs on (ESPIRiT cropped
+    to the object, ``ReconConfig.espirit_support``): identical to ESPIRiT's maps wherever kept,
+    zero in the air, the body kept, and the target zero wherever the maps are. The held-out test
+    split keeps ESPIRiT's own crop."""
+    from recon_core.training.data import build_split, load_scan, prepare, split_configs
+
+    cfg = split_configs("train", 1, frames=6)[0]
+    cropped = load_scan(build_split(str(tmp_path), "train", 1, frames=6)[0])
+    plain = prepare(cfg)
+    kept = (np.abs(cropped["maps"]) ** 2).sum(0) > 0
+    inside = (np.abs(plain["maps"]) ** 2).sum(0) > 0
+    assert np.array_equal(cropped["maps"][:, kept], plain["maps"][:, kept])
+    assert (inside & ~kept).sum() > 0.05 * inside.sum()                    # air cut
+    ref = np.abs(cropped["reference"])
+    body = (ref > 0.05 * ref.max(axis=(1, 2), keepdims=True)).any(0)
+    assert kept[body].all()
+    assert np.abs(cropped["target"][:, ~kept]).max() == 0
+    np.testing.assert_allclose(cropped["target"][:, kept], plain["target"][:, kept], rtol=1e-5, atol=1e-6)
+    test = load_scan(build_split(str(tmp_path), "test", 1, frames=6)[0])
+    assert np.array_equal(test["maps"], prepare(split_configs("test", 1, frames=6)[0])["maps"])
+
+
 def test_history_streams_the_frames_before_the_clip_without_gradients(scan):
     """history: the clip's images are those of a stream started at the scan's first frame
     (not at the clip), and only the clip's windows carry gradients."""

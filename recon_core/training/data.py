@@ -2,10 +2,12 @@
 
 Each scan is prepared the way the chain sees it: prewhitened with the covariance of its
 noise scans (Gadgetron's formula), ESPIRiT maps from the pooled first
-``calibration_frames`` frames. Its training target is the reference in the coil maps'
-phase convention: ``target = (S_esp^H W S_true) * rho``, i.e. what a perfect SENSE
-reconstruction with these maps returns (ESPIRiT maps carry an arbitrary smooth phase,
-and prewhitening changes intensity weighting; a magnitude reference alone cannot say so).
+``calibration_frames`` frames (in the train and val splits cropped to the object as the
+chain crops them, ``ReconConfig.espirit_support``). Its training target is the reference
+in the coil maps' phase convention: ``target = (S_esp^H W S_true) * rho``, i.e. what a
+perfect SENSE reconstruction with these maps returns (ESPIRiT maps carry an arbitrary
+smooth phase, and prewhitening changes intensity weighting; a magnitude reference alone
+cannot say so).
 
 Splits (the held-out split uses seeds never seen in training):
 
@@ -28,13 +30,18 @@ from dataclasses import asdict
 import numpy as np
 
 from ..coils import NoiseCovariance, estimate_maps, prewhitening_matrix
+from ..config import ReconConfig
 from ..simulate import DWELL_US, SimulationConfig, simulate
 
 
 #: file-name tag of a split's current distribution, so that scans of an earlier one in the
 #: same folder are never mixed in (v2: the widened training distribution above; v3: the same
-#: with a share of the scans on the texture object family)
-SPLIT_VERSIONS = {"train": "-v3", "val": "-v3"}
+#: with a share of the scans on the texture object family; v4: the same scans, their ESPIRiT
+#: maps cropped to the object as the chain's, ReconConfig.espirit_support)
+SPLIT_VERSIONS = {"train": "-v4", "val": "-v4"}
+#: the splits whose maps are cropped to the object (the held-out test splits keep ESPIRiT's own
+#: crop, so that their published numbers stay comparable)
+CROPPED_SPLITS = ("train", "val")
 #: share of the train and val scans whose object is the texture family (recon_core.texture_phantom)
 TEXTURE_SHARE = 0.35
 #: frames per simulated scan unless asked otherwise; other lengths carry ``_f<frames>`` in
@@ -71,9 +78,11 @@ def split_configs(split: str, count: int, frames: int = SCAN_FRAMES, matrix: int
     return out
 
 
-def prepare(cfg: SimulationConfig, calibration_frames: int = 10) -> dict:
+def prepare(cfg: SimulationConfig, calibration_frames: int = 10, support: float = 0.0) -> dict:
     """Simulate and prepare one scan: arrays ``kspace (T, C, S, R)``, ``coords (T, S, R, 2)``,
-    ``maps (C, N, N)``, ``target (T, N, N)``, ``reference (T, N, N)``."""
+    ``maps (C, N, N)``, ``target (T, N, N)``, ``reference (T, N, N)``. ``support`` > 0 crops
+    the maps to the object (:func:`recon_core.coils.espirit_maps`); the target is then zero
+    outside it as well."""
     scan = simulate(cfg)
     cov = NoiseCovariance()
     for k in scan.noise:
@@ -83,7 +92,8 @@ def prepare(cfg: SimulationConfig, calibration_frames: int = 10) -> dict:
     t, c, s, r = kspace.shape
     calib = min(calibration_frames, t)
     maps = estimate_maps(kspace[:calib].transpose(0, 2, 1, 3).reshape(-1, c, r),
-                         scan.coords[:calib].reshape(-1, r, 2), (cfg.matrix, cfg.matrix), "espirit")
+                         scan.coords[:calib].reshape(-1, r, 2), (cfg.matrix, cfg.matrix), "espirit",
+                         support=support)
     s_eff = np.einsum("ij,jyx->iyx", w, scan.true_maps)
     projection = (np.conj(maps) * s_eff).sum(0)
     return {"kspace": kspace, "coords": scan.coords, "maps": maps,
@@ -118,7 +128,7 @@ def build_split(directory: str, split: str, count: int, frames: int = SCAN_FRAME
         path = os.path.join(directory, split_file(split, cfg.seed, frames))
         if not os.path.exists(path):
             tmp = path + ".tmp.npz"
-            np.savez(tmp, **prepare(cfg))
+            np.savez(tmp, **prepare(cfg, support=ReconConfig.espirit_support if split in CROPPED_SPLITS else 0.0))
             os.replace(tmp, path)
         paths.append(path)
         if progress:
