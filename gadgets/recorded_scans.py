@@ -9,7 +9,7 @@ slice of such a file into the arrays training reads (the layout of
   stream's own frame markers and gradient-delay correction
   (:func:`gadgets.frames_from_file.load_frames`, the stages of gadgets/chain.py);
 - ``maps (C, N, N)``: ESPIRiT from the slice's first ``calibration_frames`` frames, pooled,
-  cropped to the object, as the chain estimates them (``ReconConfig.espirit_support``);
+  cropped to the object, as the chain estimates them (``cfg.espirit_support``);
 - ``reference (T, N, N)``: only when the file carries reference images for the slice
   (``/dataset/reference``, as simulated and shifted-suite files do) *and* the caller asks
   for them; training on a site's scans withholds them (``--supervision ssdu``);
@@ -97,7 +97,7 @@ def prepare_recorded(path: str, min_frames: int, cfg: ReconConfig | None = None,
         calib = min(calibration_frames, t)
         maps = estimate_maps(kspace[:calib].transpose(0, 2, 1, 3).reshape(-1, c, r),
                              coords[:calib].reshape(-1, r, 2), (protocol.matrix, protocol.matrix), "espirit",
-                             support=ReconConfig.espirit_support)
+                             support=cfg.espirit_support)
         scan = {"kspace": kspace, "coords": coords, "maps": maps.astype(np.complex64),
                 "source": np.array(f"{os.path.basename(path)}#{s}")}
         ref = references.get(s)

@@ -4,12 +4,13 @@ the shifted scans of a suite built by ``python -m recon_core.shifted_suite build
 Each file goes through the chain's own input stages (:func:`gadgets.frames_from_file.load_frames`:
 noise prewhitening from its noise scans, frames of its header's spokes per frame); coil
 maps are ESPIRiT from the first ``calibration_frames`` frames, cropped to the object
-(``ReconConfig.espirit_support``), as the chain and the training data make them. Offline methods reconstruct all frames of a scan at once; streaming
-methods are the chain itself, replayed at scanner pace (:func:`gadgets.replay.replay`,
-``realtime=True``; ``paced=False``: unpaced, with the deadline and the overload policy off,
-i.e. the schedule's full per-window budget, a measure of its quality that does not depend
-on the machine's load): the real-time network (the ``realtime`` preset) and the streaming CS
-peer (``recon: cs``, same windows, warm start, deadline and overload policy).
+(``ReconConfig.espirit_support``), as the chain and the training data make them. Offline
+methods reconstruct all frames of a scan at once; streaming methods are the chain itself,
+replayed at scanner pace (:func:`gadgets.replay.replay`, ``realtime=True``; ``paced=False``:
+unpaced, with the deadline and the overload policy off, i.e. the schedule's full per-window
+budget, a measure of its quality that does not depend on the machine's load): the real-time
+network (the ``realtime`` preset) and the streaming CS peer (``recon: cs``, same windows, warm
+start, deadline and overload policy).
 
 Weights that a user would tune (``cs``, ``bart``, ``cs-stream`` lambdas) are chosen on
 the suite's ``val`` part (best mean PSNR) and then fixed for the ``test`` part and the
@@ -49,8 +50,8 @@ UNPACED_FIRST_MAPS_LAG = 6
 
 def load_scan_file(path: str, calibration_frames: int = 10) -> dict:
     """A suite file as arrays: ``kspace (T, C, S, R)`` prewhitened, ``coords (T, S, R, 2)``,
-    ``maps (C, N, N)`` ESPIRiT cropped to the object, ``reference (T, N, N)`` (complete frames only), through the
-    chain's input stages as training on recorded files takes them
+    ``maps (C, N, N)`` ESPIRiT cropped to the object, ``reference (T, N, N)`` (complete frames
+    only), through the chain's input stages as training on recorded files takes them
     (:func:`gadgets.recorded_scans.prepare_recorded`)."""
     from gadgets.recorded_scans import prepare_recorded
 
@@ -106,6 +107,8 @@ class Runner:
         return path
 
     def key(self, method: str, rel: str, lam: float | None = None) -> str:
+        from recon_core.config import ReconConfig
+
         parts = [method, rel]
         if lam is not None:
             parts.append(f"lam={lam:g}")
@@ -117,12 +120,10 @@ class Runner:
         if method == "imunne":
             parts.append(f"maxit={self.imunne_max_iter}")
         if method == "cs-stream":
-            from recon_core.config import ReconConfig
             parts.append(f"csit={ReconConfig().cs_iterations}")
         if method in STREAMING:
             parts.append(f"preset={_preset_digest()}")      # a changed realtime preset is not a cached result
         else:                                               # offline rows run on the loader's cropped maps
-            from recon_core.config import ReconConfig
             parts.append(f"maps-support={ReconConfig.espirit_support:g}")
         if method in STREAMING and not self.paced:
             parts.append(f"unpaced|espirit-lag={UNPACED_ESPIRIT_LAG},{UNPACED_FIRST_MAPS_LAG}")
