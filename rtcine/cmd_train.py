@@ -23,7 +23,7 @@ import os
 
 
 #: options that default to None: given, they win over the --finetune model's settings
-OVERRIDES = ("tikhonov", "tikhonov_noise", "memory", "recurrence", "composite", "stream_window", "stream_lookahead", "stream_updates")
+OVERRIDES = ("channels", "tikhonov", "tikhonov_noise", "memory", "recurrence", "composite", "stream_window", "stream_lookahead", "stream_updates")
 
 
 def add_parser(sub):
@@ -51,7 +51,9 @@ def add_parser(sub):
     p.add_argument("--batch", type=int, default=1,
                    help="windows per step (per process under torchrun: the global batch is "
                         "processes x this)")
-    p.add_argument("--channels", type=int, default=16)
+    p.add_argument("--channels", type=int, default=None,
+                   help="CU-Net width (default 16); with --finetune, a wider network starts as the fine-tuned one "
+                        "(the new channels' outgoing weights zero: the same function at start)")
     p.add_argument("--levels", type=int, default=2)
     p.add_argument("--noise-input", action="store_true",
                    help="imunne/altun/cunet: the regularizer also sees the data's noise level (after "
@@ -216,7 +218,7 @@ def _run(args, device, distributed) -> int:
     else:
         val_paths = built("val", lambda show: _split(build_split, simulator, "val", args.val_scans, show,
                                                           args.scan_frames))
-    cfg = TrainConfig(model=model, channels=args.channels, levels=args.levels, max_iter=args.max_iter,
+    cfg = TrainConfig(model=model, channels=args.channels or TrainConfig.channels, levels=args.levels, max_iter=args.max_iter,
                       noise_input=args.noise_input,
                       tol=args.tol, anderson=args.anderson, start_weight=args.start_weight, support=args.support,
                       blocks=args.blocks, window=args.window,

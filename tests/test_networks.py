@@ -1,4 +1,6 @@
 """Networks on tiny CPU problems: JFB gradients, fixed-point convergence, checkpoints, memory."""
+import dataclasses
+
 import pytest
 import torch
 
@@ -380,6 +382,31 @@ def test_dune_and_flat_step_along_the_same_prior(kind):
     assert (model.velocity.tikhonov if kind == "flat" else model.tikhonov) == (0.005, 0.1)
     with pytest.raises(ValueError, match="tikhonov"):
         build_model(kind, **{**arch, "tikhonov": [0.1]})
+
+
+def test_a_wider_network_starts_as_the_narrow_one_and_its_new_channels_learn():
+    """``rtcine train --finetune M --channels W``: every tensor of the narrow network embedded
+    in the wider one (transposed convolutions included) gives the same update, and one
+    gradient step reaches the new channels (they are not dead)."""
+    from recon_core.training.train import initialise
+
+    kspace, coords, maps, _ = disc_scan(16, 3, 3, 7)
+    problem = make_problem(kspace, coords, maps)
+    arch = {"levels": 2, "unshuffle": 2, "eta": 0.5, "max_iter": 2, "noise_input": True, "composite": 0.25}
+    torch.manual_seed(0)
+    narrow = build_model("imunne", channels=4, **arch)
+    for p in narrow.parameters():
+        p.data.add_(0.05 * torch.randn_like(p))
+    wide = build_model("imunne", channels=6, **arch)
+    grown = initialise(wide, narrow.state_dict())
+    assert "block.net.up.0.weight" in grown and "block.net.enc.0.spatial.weight" in grown
+    shown = dataclasses.replace(problem, composite=torch.randn_like(problem.x0[0]))
+    x = problem.x0
+    with torch.no_grad():
+        assert torch.allclose(wide.update(x, shown), narrow.update(x, shown), atol=1e-6)
+    (wide.update(x, shown).abs() ** 2).sum().backward()
+    assert float(wide.block.net.final.weight.grad[:, 4:].abs().max()) > 0      # from the new channels
+    assert float(wide.block.net.enc[1].spatial.weight.grad[:, 4:].abs().max()) > 0
 
 
 def test_composite_input_starts_as_the_network_without_it_and_then_matters(tmp_path):

@@ -181,18 +181,24 @@ class TrainConfig:
         return a
 
 
-def _fit_input_channels(source: torch.Tensor, own: torch.Tensor):
-    """``source`` as a tensor of ``own``'s shape, or None: equal shapes as they are; a
-    convolution with fewer input channels (dim 1) than ``own`` zero-padded there, e.g. a
-    network without the noise channel initialising one with it (same function at start)."""
+def _fit_input_channels(source: torch.Tensor, own: torch.Tensor, input_dim: int = 1):
+    """``source`` as a tensor of ``own``'s shape, or None (it fits nowhere). Equal shapes as
+    they are. A smaller tensor of the same kernel is embedded so that the network computes
+    the same function at start: its entries at their old indices, zero weight from every new
+    input channel (dimension ``input_dim``: 1 for a convolution, 0 for a transposed one), and
+    ``own``'s fresh initialisation for the new output channels (not zero: a new channel with
+    zero weights in and out would get no gradient). This covers a network given more input
+    channels (the noise channel, one more composite) and one made wider (``channels``)."""
     if source.shape == own.shape:
         return source
-    if source.dim() == own.dim() >= 2 and source.shape[0] == own.shape[0] and source.shape[2:] == own.shape[2:] \
-            and source.shape[1] < own.shape[1]:
-        out = torch.zeros_like(own)
-        out[:, :source.shape[1]] = source
-        return out
-    return None
+    if source.dim() != own.dim() or any(a > b for a, b in zip(source.shape, own.shape)) \
+            or source.shape[2:] != own.shape[2:]:
+        return None
+    out = own.detach().clone()
+    if source.dim() >= 2:
+        out.narrow(input_dim, source.shape[input_dim], own.shape[input_dim] - source.shape[input_dim]).zero_()
+    out[tuple(slice(0, n) for n in source.shape)] = source
+    return out
 
 
 #: where a tensor of one kind of network is found in a checkpoint of another: a CU-Net-style
@@ -202,16 +208,17 @@ def _fit_input_channels(source: torch.Tensor, own: torch.Tensor):
 INIT_ALIASES = (("velocity.net.", "block.net."), ("encoder.features.stage.", "block.net.enc.0."))
 
 
-def init_tensors(source: dict, own: dict) -> dict:
+def init_tensors(source: dict, own: dict, transposed=frozenset()) -> dict:
     """The tensors of checkpoint ``source`` that initialise a model with state ``own``: by
     name, else through :data:`INIT_ALIASES`, each fitted by :func:`_fit_input_channels`
-    (tensors that fit nowhere are left out)."""
+    (tensors that fit nowhere are left out; ``transposed``: names of transposed-convolution
+    weights, whose input channels are dimension 0)."""
     out = {}
     for name, tensor in own.items():
         candidates = [name] + [name.replace(a, b, 1) for a, b in INIT_ALIASES if name.startswith(a)]
         for c in candidates:
             if c in source:
-                fitted = _fit_input_channels(source[c], tensor)
+                fitted = _fit_input_channels(source[c], tensor, 0 if name in transposed else 1)
                 if fitted is not None:
                     out[name] = fitted
                     break
@@ -220,12 +227,14 @@ def init_tensors(source: dict, own: dict) -> dict:
 
 def initialise(model: torch.nn.Module, source: dict, name: str = "checkpoint") -> set:
     """Load the tensors of ``source`` that fit ``model`` (:func:`init_tensors`); return the
-    names of those it does not hold, or holds only in part (zero-padded input channels), which
+    names of those it does not hold, or holds only in part (more input or output channels), which
     train at ``lr x new_lr_scale`` (:func:`make_optimizer`)."""
-    init = init_tensors(source, model.state_dict())
+    transposed = {f"{m}.weight" for m, mod in model.named_modules()
+                  if isinstance(mod, (torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d))}
+    init = init_tensors(source, model.state_dict(), transposed)
     missing = model.load_state_dict(init, strict=False).missing_keys
     partial = sorted(n for n, t in init.items() if n in source and source[n].shape != t.shape)
-    log.info("regularizer initialised from %s (%d tensors; not from it: %s; zero-padded: %s)", name,
+    log.info("regularizer initialised from %s (%d tensors; not from it: %s; embedded in larger ones: %s)", name,
              len(init), missing, partial)
     return set(missing) | set(partial)
 
