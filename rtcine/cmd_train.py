@@ -152,8 +152,8 @@ def add_parser(sub):
     p.add_argument("--init", default="", help="initialise the regularizer from this checkpoint (e.g. a CU-Net)")
     p.add_argument("--new-lr-scale", type=float, default=1.0, metavar="S",
                    help="with --init or --finetune: train the tensors the checkpoint does not hold (e.g. the "
-                        "--recurrence gate) or holds in part (a convolution given more input channels, e.g. "
-                        "one more --composite rate) at --lr x S")
+                        "--recurrence gate) and the new elements of those it holds in part (a convolution given "
+                        "more input or output channels: one more --composite rate, a wider --channels) at --lr x S")
     p.set_defaults(func=run)
 
 

@@ -388,7 +388,7 @@ def test_a_wider_network_starts_as_the_narrow_one_and_its_new_channels_learn():
     """``rtcine train --finetune M --channels W``: every tensor of the narrow network embedded
     in the wider one (transposed convolutions included) gives the same update, and one
     gradient step reaches the new channels (they are not dead)."""
-    from recon_core.training.train import initialise
+    from recon_core.training.train import NewElements, initialise, make_optimizer
 
     kspace, coords, maps, _ = disc_scan(16, 3, 3, 7)
     problem = make_problem(kspace, coords, maps)
@@ -407,6 +407,15 @@ def test_a_wider_network_starts_as_the_narrow_one_and_its_new_channels_learn():
     (wide.update(x, shown).abs() ** 2).sum().backward()
     assert float(wide.block.net.final.weight.grad[:, 4:].abs().max()) > 0      # from the new channels
     assert float(wide.block.net.enc[1].spatial.weight.grad[:, 4:].abs().max()) > 0
+
+    # the new elements step 10 x as far as Adam moves the old ones (lr x new_lr_scale)
+    final = wide.block.net.final.weight
+    before = final.detach().clone()
+    opt = make_optimizer(wide, 1e-3, {n for n, m in grown.items() if m is None})
+    NewElements(wide, grown, 10.0).step(opt)
+    moved = (final.detach() - before).abs()
+    assert torch.allclose(moved[:, 4:].max(), torch.tensor(1e-2), rtol=0.01)   # Adam's first step: lr x sign
+    assert torch.allclose(moved[:, :4].max(), torch.tensor(1e-3), rtol=0.01)
 
 
 def test_composite_input_starts_as_the_network_without_it_and_then_matters(tmp_path):
@@ -446,7 +455,9 @@ def test_composite_input_starts_as_the_network_without_it_and_then_matters(tmp_p
     # one more rate (a slow memory): its channels start at zero, so the network computes the
     # same function as the one-rate network it is initialised from, and they train as new
     two = build_model("imunne", **arch, composite=[0.25, 0.0625])
-    assert initialise(two, with_input.state_dict()) == {"block.net.composite_in.weight"}   # lr x new_lr_scale
+    grown = initialise(two, with_input.state_dict())
+    assert list(grown) == ["block.net.composite_in.weight"]         # its new channels train at lr x new_lr_scale
+    assert float(grown["block.net.composite_in.weight"].sum()) == two.block.net.composite_in.weight[:, 8:].numel()
     slow = torch.randn_like(problem.x0[0])
     both = dataclasses.replace(problem, composite=torch.stack([streamed.composite, slow]))
     with torch.no_grad():

@@ -225,10 +225,12 @@ def init_tensors(source: dict, own: dict, transposed=frozenset()) -> dict:
     return out
 
 
-def initialise(model: torch.nn.Module, source: dict, name: str = "checkpoint") -> set:
-    """Load the tensors of ``source`` that fit ``model`` (:func:`init_tensors`); return the
-    names of those it does not hold, or holds only in part (more input or output channels), which
-    train at ``lr x new_lr_scale`` (:func:`make_optimizer`)."""
+def initialise(model: torch.nn.Module, source: dict, name: str = "checkpoint") -> dict:
+    """Load the tensors of ``source`` that fit ``model`` (:func:`init_tensors`). Return
+    ``{name: None}`` for the tensors it does not hold (they train at ``lr x new_lr_scale``,
+    :func:`make_optimizer`) and ``{name: mask}`` for those it holds in part, more input or
+    output channels (``mask`` is 1 on the new elements, which train at ``lr x new_lr_scale``,
+    :class:`NewElements`; the old ones at ``lr``)."""
     transposed = {f"{m}.weight" for m, mod in model.named_modules()
                   if isinstance(mod, (torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d))}
     init = init_tensors(source, model.state_dict(), transposed)
@@ -236,7 +238,12 @@ def initialise(model: torch.nn.Module, source: dict, name: str = "checkpoint") -
     partial = sorted(n for n, t in init.items() if n in source and source[n].shape != t.shape)
     log.info("regularizer initialised from %s (%d tensors; not from it: %s; embedded in larger ones: %s)", name,
              len(init), missing, partial)
-    return set(missing) | set(partial)
+    masks = {}
+    for n in partial:
+        mask = torch.ones_like(init[n])
+        mask[tuple(slice(0, k) for k in source[n].shape)] = 0
+        masks[n] = mask
+    return {**{n: None for n in missing}, **masks}
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, new=(), new_lr_scale: float = 1.0) -> torch.optim.Adam:
@@ -246,6 +253,27 @@ def make_optimizer(model: torch.nn.Module, lr: float, new=(), new_lr_scale: floa
     groups = [{"params": [p for n, p in params.items() if n not in new]},
               {"params": [p for n, p in params.items() if n in new], "lr": lr * new_lr_scale}]
     return torch.optim.Adam([g for g in groups if g["params"]], lr=lr)
+
+
+class NewElements:
+    """The optimizer step with the new elements of tensors an init checkpoint held in part
+    (``masks``, :func:`initialise`) moved ``scale`` times as far as the step moved them: with
+    Adam, their learning rate times ``scale``. A widened network's new channels start with zero
+    outgoing weights; at a fine-tune's learning rate they stay near zero for hundreds of steps."""
+
+    def __init__(self, model: torch.nn.Module, masks: dict, scale: float):
+        self.params = [(p, masks[n]) for n, p in model.named_parameters() if masks.get(n) is not None]
+        self.scale = float(scale)
+
+    def step(self, opt: torch.optim.Optimizer) -> None:
+        if self.scale == 1.0 or not self.params:
+            opt.step()
+            return
+        before = [p.detach().clone() for p, _ in self.params]
+        opt.step()
+        with torch.no_grad():
+            for (p, mask), b in zip(self.params, before):
+                p.add_((p - b) * mask * (self.scale - 1.0))
 
 
 def _tensors(scan, device, frames=None):
@@ -544,11 +572,12 @@ def train(cfg: TrainConfig, train_paths, val_paths, out_dir: str, resume: bool =
                 val_caches.append(FrameCache(k, c, m, cfg.cg_start_iterations))
     rss_data = peak_rss_mb()
     model = build_model(cfg.model, **cfg.arch()).to(device).train()
-    new = set()                         # tensors the init checkpoint does not hold
+    new = {}                            # tensors the init checkpoint does not hold, or holds in part
     if cfg.init:
         from safetensors.torch import load_file
         new = initialise(model, load_file(cfg.init), cfg.init)
-    opt = make_optimizer(model, cfg.lr, new, cfg.new_lr_scale)
+    opt = make_optimizer(model, cfg.lr, {n for n, mask in new.items() if mask is None}, cfg.new_lr_scale)
+    stepper = NewElements(model, new, cfg.new_lr_scale)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps, eta_min=cfg.lr * 0.05)
     history = {"step": [], "loss": [], "val": [], "config": asdict(cfg)}
     start_step = 0
@@ -584,7 +613,7 @@ def train(cfg: TrainConfig, train_paths, val_paths, out_dir: str, resume: bool =
         opt.zero_grad(set_to_none=True)
         total.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        stepper.step(opt)
         sched.step()
         logged = torch.stack([loss, s_loss if s_loss is not None else torch.zeros_like(loss)]).cpu()
         if world > 1:                                   # the curve shows every rank's windows
