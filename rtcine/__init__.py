@@ -1,2 +1,2 @@
 """The ``rtcine`` command line: simulate, replay, serve, evaluate, bench, train, view, export."""
-__version__ = "0.3.14"
+__version__ = "0.3.15"
