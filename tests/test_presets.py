@@ -39,6 +39,18 @@ def test_no_options_is_the_realtime_preset():
         assert {k: getattr(cfg, k) for k in REALTIME} == REALTIME
 
 
+def test_the_realtime_preset_runs_the_shipped_model_on_the_schedule_its_yaml_names():
+    """The schedule the shipped real-time model was validated with (its YAML's ``streaming:``)
+    is what the realtime preset runs, so the chain streams it as measured and does not warn."""
+    from recon_core.networks.checkpoint import read_meta
+    from recon_core.networks.streaming import model_path
+
+    cfg = ReconConfig.from_preset("realtime")
+    schedule = read_meta(model_path(cfg.recon, cfg.model))["streaming"]
+    assert (schedule["window"], schedule["lookahead"], schedule["updates"]) == \
+        (cfg.window, cfg.lookahead, cfg.max_iterations)
+
+
 def test_causal_is_realtime_without_lookahead_and_an_earlier_deadline():
     assert ReconConfig.from_preset("causal") == ReconConfig.from_preset("realtime").replace(lookahead=0,
                                                                                              deadline_ms=60)
