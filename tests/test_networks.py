@@ -143,14 +143,14 @@ def test_noise_input_network_sees_the_noise_level_and_starts_as_its_initialisati
     """A network with the noise channel, initialised from one without it (as ``rtcine train
     --noise-input --init`` does), computes the same images; once its noise weights are
     non-zero, a noisier scan (smaller intensity scale) changes what it does."""
-    from recon_core.training.train import _fit_input_channels
+    from recon_core.training.train import _fit_channels
     problem, _ = tiny_problem
     torch.manual_seed(0)
     plain = build_model("altun", blocks=2, **ARCH)
     torch.nn.init.normal_(plain.block.net.final.weight, std=0.05)
     noisy = build_model("altun", blocks=2, noise_input=True, **ARCH)
     own = noisy.state_dict()
-    noisy.load_state_dict({k: _fit_input_channels(v, own[k]) for k, v in plain.state_dict().items()})
+    noisy.load_state_dict({k: _fit_channels(v, own[k]) for k, v in plain.state_dict().items()})
     with torch.no_grad():
         a, _ = plain(problem)
         b, _ = noisy(problem)

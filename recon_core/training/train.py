@@ -181,7 +181,7 @@ class TrainConfig:
         return a
 
 
-def _fit_input_channels(source: torch.Tensor, own: torch.Tensor, input_dim: int = 1):
+def _fit_channels(source: torch.Tensor, own: torch.Tensor, input_dim: int = 1):
     """``source`` as a tensor of ``own``'s shape, or None (it fits nowhere). Equal shapes as
     they are. A smaller tensor of the same kernel is embedded so that the network computes
     the same function at start: its entries at their old indices, zero weight from every new
@@ -197,8 +197,13 @@ def _fit_input_channels(source: torch.Tensor, own: torch.Tensor, input_dim: int 
     out = own.detach().clone()
     if source.dim() >= 2:
         out.narrow(input_dim, source.shape[input_dim], own.shape[input_dim] - source.shape[input_dim]).zero_()
-    out[tuple(slice(0, n) for n in source.shape)] = source
+    out[_old_elements(source.shape)] = source
     return out
+
+
+def _old_elements(shape) -> tuple:
+    """Where :func:`_fit_channels` puts a tensor of ``shape`` in a larger one: its leading block."""
+    return tuple(slice(0, n) for n in shape)
 
 
 #: where a tensor of one kind of network is found in a checkpoint of another: a CU-Net-style
@@ -210,7 +215,7 @@ INIT_ALIASES = (("velocity.net.", "block.net."), ("encoder.features.stage.", "bl
 
 def init_tensors(source: dict, own: dict, transposed=frozenset()) -> dict:
     """The tensors of checkpoint ``source`` that initialise a model with state ``own``: by
-    name, else through :data:`INIT_ALIASES`, each fitted by :func:`_fit_input_channels`
+    name, else through :data:`INIT_ALIASES`, each fitted by :func:`_fit_channels`
     (tensors that fit nowhere are left out; ``transposed``: names of transposed-convolution
     weights, whose input channels are dimension 0)."""
     out = {}
@@ -218,7 +223,7 @@ def init_tensors(source: dict, own: dict, transposed=frozenset()) -> dict:
         candidates = [name] + [name.replace(a, b, 1) for a, b in INIT_ALIASES if name.startswith(a)]
         for c in candidates:
             if c in source:
-                fitted = _fit_input_channels(source[c], tensor, 0 if name in transposed else 1)
+                fitted = _fit_channels(source[c], tensor, 0 if name in transposed else 1)
                 if fitted is not None:
                     out[name] = fitted
                     break
@@ -241,7 +246,7 @@ def initialise(model: torch.nn.Module, source: dict, name: str = "checkpoint") -
     masks = {}
     for n in partial:
         mask = torch.ones_like(init[n])
-        mask[tuple(slice(0, k) for k in source[n].shape)] = 0
+        mask[_old_elements(source[n].shape)] = 0
         masks[n] = mask
     return {**{n: None for n in missing}, **masks}
 
